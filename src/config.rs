@@ -1,0 +1,311 @@
+//! Mount options and their validation.
+//!
+//! Everything a user can get wrong is checked here, before anything is mounted, and
+//! reported as one line naming the culprit.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A user-facing error: one line, no backtrace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(Error(format!($($arg)*))) };
+}
+
+/// Whether reads and writes go straight from the kernel to the backing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    /// Use kernel passthrough when the kernel and our privileges allow it.
+    Auto,
+    /// Refuse to mount without kernel passthrough.
+    On,
+    /// Serve every read and write in the daemon.
+    Off,
+}
+
+/// How long the kernel may trust what it learnt about names, attributes and file data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Only the mount changes BACKING: names, attributes and page cache are kept for a day.
+    Always,
+    /// Others may change BACKING: everything is re-checked after one second, and file
+    /// data when a file is opened.
+    Auto,
+    /// Nothing is cached: every access asks the daemon (and so sees BACKING at once).
+    Never,
+}
+
+impl Cache {
+    /// Time-to-live of names, negative names and attributes.
+    pub fn ttl(self) -> Duration {
+        match self {
+            Cache::Always => Duration::from_secs(86_400),
+            Cache::Auto => Duration::from_secs(1),
+            Cache::Never => Duration::ZERO,
+        }
+    }
+
+    /// Whether an open keeps the page cache of earlier opens.
+    pub fn keep_page_cache(self) -> bool {
+        self == Cache::Always
+    }
+}
+
+/// Options given with `-o`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub default_permissions: bool,
+    pub threads: usize,
+    pub passthrough: Passthrough,
+    pub cache: Cache,
+    /// Kernel mount flags beyond the defaults (`nosuid`, `nodev` are always set unless
+    /// `suid`/`dev` is given).
+    pub suid: bool,
+    pub dev: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            default_permissions: false,
+            threads: 4,
+            passthrough: Passthrough::Auto,
+            cache: Cache::Always,
+            suid: false,
+            dev: false,
+            noexec: false,
+            noatime: false,
+        }
+    }
+}
+
+/// Options mount(8) and fstab add that mean nothing to fastfs itself.
+const IGNORED_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev", "exec", "atime",
+    "relatime", "async",
+];
+
+impl MountOptions {
+    /// Parses comma-separated option lists (each `-o` argument is one list).
+    pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<Self, Error> {
+        let mut o = MountOptions::default();
+        for opt in lists.iter().flat_map(|l| l.as_ref().split(',')) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, value) {
+                ("", None) => {}
+                ("ro", None) => o.read_only = true,
+                ("rw", None) => o.read_only = false,
+                ("allow_other", None) => o.allow_other = true,
+                ("default_permissions", None) => o.default_permissions = true,
+                ("suid", None) => o.suid = true,
+                ("nosuid", None) => o.suid = false,
+                ("dev", None) => o.dev = true,
+                ("nodev", None) => o.dev = false,
+                ("noexec", None) => o.noexec = true,
+                ("noatime", None) => o.noatime = true,
+                ("threads", Some(v)) => {
+                    o.threads = match v.parse::<usize>() {
+                        Ok(n) if (1..=64).contains(&n) => n,
+                        _ => bail!("invalid value '{v}' for option threads: expected 1 to 64"),
+                    }
+                }
+                ("passthrough", Some(v)) => o.passthrough = parse_passthrough(v)?,
+                ("cache", Some(v)) => {
+                    o.cache = match v {
+                        "always" => Cache::Always,
+                        "auto" => Cache::Auto,
+                        "never" => Cache::Never,
+                        _ => bail!(
+                            "invalid value '{v}' for option cache: expected always, auto or never"
+                        ),
+                    }
+                }
+                (k, None) if IGNORED_OPTIONS.contains(&k) || k.starts_with("x-") => {}
+                (k, _) if k.starts_with("x-") || k == "fsname" || k == "subtype" => {}
+                (
+                    "ro"
+                    | "rw"
+                    | "allow_other"
+                    | "default_permissions"
+                    | "suid"
+                    | "nosuid"
+                    | "dev"
+                    | "nodev"
+                    | "noexec"
+                    | "noatime",
+                    Some(_),
+                ) => bail!("option '{key}' takes no value"),
+                ("threads" | "passthrough" | "cache", None) => {
+                    bail!("option '{key}' needs a value ({key}=...)")
+                }
+                _ => bail!("unknown mount option '{opt}'"),
+            }
+        }
+        // Other users must meet the backing files' permissions, which only the kernel can
+        // check for them (the daemon runs as root).
+        if o.allow_other {
+            o.default_permissions = true;
+        }
+        Ok(o)
+    }
+}
+
+pub fn parse_passthrough(v: &str) -> Result<Passthrough, Error> {
+    match v {
+        "auto" => Ok(Passthrough::Auto),
+        "on" => Ok(Passthrough::On),
+        "off" => Ok(Passthrough::Off),
+        _ => bail!("invalid value '{v}' for passthrough: expected auto, on or off"),
+    }
+}
+
+/// A checked request to mount `backing` at `mountpoint`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Canonical (absolute, no symlinks) path of the mountpoint.
+    pub mountpoint: PathBuf,
+    /// Canonical path of the backing directory.
+    pub backing: PathBuf,
+    pub options: MountOptions,
+}
+
+fn existing_dir(what: &str, path: &Path) -> Result<PathBuf, Error> {
+    let canonical = path.canonicalize().map_err(|e| {
+        Error(format!(
+            "{what} {}: {}",
+            path.display(),
+            crate::describe_io_error(&e)
+        ))
+    })?;
+    if !canonical.is_dir() {
+        bail!("{what} {} is not a directory", path.display());
+    }
+    Ok(canonical)
+}
+
+impl Config {
+    pub fn new(mountpoint: &Path, backing: &Path, options: MountOptions) -> Result<Self, Error> {
+        let mount_canon = existing_dir("mountpoint", mountpoint)?;
+        let backing_canon = existing_dir("backing directory", backing)?;
+        if mount_canon == backing_canon {
+            bail!(
+                "mountpoint {} is the backing directory itself: the mount would recurse into itself",
+                mountpoint.display()
+            );
+        }
+        if mount_canon.starts_with(&backing_canon) {
+            bail!(
+                "mountpoint {} is inside the backing directory {}: the mount would recurse into itself",
+                mountpoint.display(),
+                backing.display()
+            );
+        }
+        Ok(Config {
+            mountpoint: mount_canon,
+            backing: backing_canon,
+            options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(lists: &[&str]) -> String {
+        MountOptions::parse(lists).unwrap_err().0
+    }
+
+    #[test]
+    fn known_options_parse_and_allow_other_implies_default_permissions() {
+        let o = MountOptions::parse(&["ro,allow_other", "threads=8,cache=never"]).unwrap();
+        assert!(o.read_only && o.allow_other && o.default_permissions);
+        assert_eq!(o.threads, 8);
+        assert_eq!(o.cache, Cache::Never);
+        assert_eq!(
+            MountOptions::parse(&["passthrough=off"])
+                .unwrap()
+                .passthrough,
+            Passthrough::Off
+        );
+        assert_eq!(
+            MountOptions::parse(&["defaults,nofail,x-systemd.automount"]).unwrap(),
+            MountOptions::default()
+        );
+    }
+
+    #[test]
+    fn bad_options_are_named_in_the_error() {
+        assert_eq!(err(&["bogus"]), "unknown mount option 'bogus'");
+        assert!(err(&["threads=0"]).contains("threads"));
+        assert!(err(&["threads"]).contains("needs a value"));
+        assert!(err(&["ro=1"]).contains("takes no value"));
+        assert!(err(&["cache=sometimes"]).contains("cache"));
+    }
+
+    #[test]
+    fn mountpoint_inside_or_equal_to_backing_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        let o = MountOptions::default();
+        assert!(
+            Config::new(&inner, dir.path(), o.clone())
+                .unwrap_err()
+                .0
+                .contains("inside the backing")
+        );
+        assert!(
+            Config::new(dir.path(), dir.path(), o.clone())
+                .unwrap_err()
+                .0
+                .contains("backing directory itself")
+        );
+        // A symlink to the backing directory is the backing directory.
+        let link = dir.path().with_extension("link");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let refused = Config::new(&link, dir.path(), o.clone());
+        std::fs::remove_file(&link).unwrap();
+        assert!(refused.is_err());
+    }
+
+    #[test]
+    fn missing_and_non_directory_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"").unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let o = MountOptions::default();
+        let missing = Config::new(&mnt, &dir.path().join("nope"), o.clone())
+            .unwrap_err()
+            .0;
+        assert!(missing.contains("No such file or directory"), "{missing}");
+        assert!(
+            Config::new(&file, &mnt, o)
+                .unwrap_err()
+                .0
+                .contains("is not a directory")
+        );
+    }
+}

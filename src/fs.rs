@@ -1,0 +1,962 @@
+//! The passthrough operations, as plain methods that return `io::Result`.
+//!
+//! Every name is resolved relative to its parent's `O_PATH` descriptor with `O_NOFOLLOW`,
+//! and names that are not a single path component are refused, so nothing done through
+//! the mount reaches outside BACKING and no symlink is ever followed by the daemon.
+//! Errors carry the backing call's errno unchanged.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::copy;
+use crate::handle::{Handle, HandleTable};
+use crate::inode::{Inode, InodeTable, NodeId, ROOT_ID};
+use crate::stats::{STATS_XATTR, Snapshot, Stats};
+use crate::sys;
+
+/// An inode handed to the kernel together with its attributes.
+#[derive(Debug)]
+pub struct Entry {
+    pub inode: Arc<Inode>,
+    pub st: libc::stat,
+}
+
+/// Who made a request, as the kernel reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    /// Whether a write or truncate by this caller leaves set-user/group-id bits alone, as
+    /// the kernel does for holders of CAP_FSETID (approximated here as root).
+    fn may_keep_setid(self) -> bool {
+        self.uid == 0
+    }
+}
+
+/// Clears set-user-id, and set-group-id where group execute is set, as a write by an
+/// unprivileged user must (the daemon writes as root, so the backing would not).
+fn drop_setid_bits(inode: &Inode) -> io::Result<()> {
+    let st = sys::fstat(inode.fd())?;
+    let mut mode = st.st_mode & 0o7777;
+    mode &= !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        mode &= !libc::S_ISGID;
+    }
+    if mode != st.st_mode & 0o7777 && inode.kind == libc::S_IFREG {
+        sys::chmod(&sys::proc_fd_path(inode.fd()), mode)?;
+    }
+    Ok(())
+}
+
+/// A timestamp in a setattr request.
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+/// The attribute changes of one setattr request; `None` leaves a field alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// An extended attribute value, or only its size when the caller asked for that.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// One directory entry as readdir reports it.
+pub struct DirEntry<'a> {
+    /// The backing `d_ino` (what a native readdir reports).
+    pub ino: u64,
+    /// The cookie that continues the listing after this entry.
+    pub next_offset: u64,
+    /// `S_IFMT` bits of the entry.
+    pub kind: libc::mode_t,
+    pub name: &'a OsStr,
+    /// For readdirplus: the looked-up inode (one lookup counted), except for `.` and `..`.
+    pub entry: Option<Entry>,
+}
+
+/// Flags a backing descriptor is never opened with: creation is done by `create`,
+/// `O_APPEND` is applied by the kernel (and `copy_file_range(2)` refuses it), and
+/// `O_DIRECT` would need aligned daemon buffers.
+const STRIPPED_OPEN_FLAGS: libc::c_int =
+    libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_DIRECT;
+
+pub struct Fs {
+    inodes: InodeTable,
+    handles: HandleTable,
+    pub stats: Stats,
+    daemon_uid: u32,
+    daemon_gid: u32,
+}
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// A name from a request as a C string: exactly one path component.
+fn component(name: &OsStr) -> io::Result<CString> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
+        return Err(errno(libc::EINVAL));
+    }
+    sys::cstr(name)
+}
+
+fn timespec(time: Option<SetTime>) -> libc::timespec {
+    match time {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => {
+            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(before) => {
+                    let d = before.duration();
+                    let nanos = d.subsec_nanos() as i64;
+                    if nanos == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - nanos)
+                    }
+                }
+            };
+            libc::timespec {
+                tv_sec: sec,
+                tv_nsec: nsec,
+            }
+        }
+    }
+}
+
+impl Fs {
+    /// A filesystem over the directory `root` (an `O_PATH` descriptor of it).
+    pub fn new(root: OwnedFd) -> io::Result<Self> {
+        let (daemon_uid, daemon_gid) = sys::effective_ids();
+        Ok(Fs {
+            inodes: InodeTable::new(root)?,
+            handles: HandleTable::default(),
+            stats: Stats::default(),
+            daemon_uid,
+            daemon_gid,
+        })
+    }
+
+    pub fn inode(&self, id: NodeId) -> io::Result<Arc<Inode>> {
+        self.inodes.get(id)
+    }
+
+    pub fn handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
+        self.handles.get(fh)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            inodes: self.inodes.count() as u64,
+            open_handles: self.handles.count() as u64,
+            ..self.stats.snapshot()
+        }
+    }
+
+    /// Opens `name` in `parent` as `O_PATH` without following it, and counts a lookup.
+    fn lookup_component(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
+        let fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.remember(fd)
+    }
+
+    fn remember(&self, fd: OwnedFd) -> io::Result<Entry> {
+        let st = sys::fstat(fd.as_fd())?;
+        let inode = self.inodes.remember(fd, &st);
+        Ok(Entry { inode, st })
+    }
+
+    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        match name.as_bytes() {
+            b"." => self.add_lookup(parent),
+            // The root's parent is outside BACKING: the mount root is its own parent.
+            b".." if parent.id == ROOT_ID => self.add_lookup(parent),
+            b".." => {
+                let fd = sys::openat(Some(parent.fd()), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+                self.remember(fd)
+            }
+            _ => self.lookup_component(&parent, &component(name)?),
+        }
+    }
+
+    fn add_lookup(&self, inode: Arc<Inode>) -> io::Result<Entry> {
+        let st = sys::fstat(inode.fd())?;
+        self.inodes.add_lookup(&inode);
+        Ok(Entry { inode, st })
+    }
+
+    pub fn forget(&self, id: NodeId, count: u64) {
+        self.inodes.forget(id, count);
+    }
+
+    pub fn getattr(&self, id: NodeId) -> io::Result<libc::stat> {
+        sys::fstat(self.inodes.get(id)?.fd())
+    }
+
+    pub fn setattr(
+        &self,
+        id: NodeId,
+        fh: Option<u64>,
+        change: SetAttr,
+        caller: Caller,
+    ) -> io::Result<libc::stat> {
+        let inode = self.inodes.get(id)?;
+        let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        let proc_path = sys::proc_fd_path(inode.fd());
+        if let Some(mode) = change.mode {
+            sys::chmod(&proc_path, mode & 0o7777)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            sys::fchown_fd(
+                inode.fd(),
+                change.uid.unwrap_or(u32::MAX),
+                change.gid.unwrap_or(u32::MAX),
+            )?;
+        }
+        if let Some(size) = change.size {
+            match &handle {
+                Some(h) => sys::ftruncate(h.fd(), size)?,
+                None => sys::truncate(&proc_path, size)?,
+            }
+            if change.mode.is_none() && !caller.may_keep_setid() {
+                drop_setid_bits(&inode)?;
+            }
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            sys::futimens_fd(
+                inode.fd(),
+                &[timespec(change.atime), timespec(change.mtime)],
+            )?;
+        }
+        sys::fstat(inode.fd())
+    }
+
+    pub fn readlink(&self, id: NodeId) -> io::Result<Vec<u8>> {
+        sys::readlink_fd(self.inodes.get(id)?.fd())
+    }
+
+    /// Makes a new object owned by the requesting user, as it would be natively. The daemon
+    /// creates as itself (root), so the kernel's setgid-directory rule already chose the
+    /// group when the parent is setgid; otherwise the caller's group is used. The object is
+    /// created with the caller's mode, so nobody else can open it before the chown.
+    fn give_to_caller(&self, parent: &Inode, entry: &mut Entry, caller: Caller) -> io::Result<()> {
+        if self.daemon_uid != 0 || (caller.uid == self.daemon_uid && caller.gid == self.daemon_gid)
+        {
+            return Ok(());
+        }
+        let parent_st = sys::fstat(parent.fd())?;
+        let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
+            u32::MAX
+        } else {
+            caller.gid
+        };
+        sys::fchown_fd(entry.inode.fd(), caller.uid, gid)?;
+        // chown clears set-id bits of non-directories; put back what the caller asked for.
+        let setid = entry.st.st_mode & (libc::S_ISUID | libc::S_ISGID);
+        if setid != 0 && entry.inode.kind != libc::S_IFDIR && entry.inode.kind != libc::S_IFLNK {
+            sys::chmod(
+                &sys::proc_fd_path(entry.inode.fd()),
+                entry.st.st_mode & 0o7777,
+            )?;
+        }
+        entry.st = sys::fstat(entry.inode.fd())?;
+        Ok(())
+    }
+
+    /// Looks up a just-created `name` and hands it to the caller.
+    fn created(&self, parent: &Inode, name: &CString, caller: Caller) -> io::Result<Entry> {
+        let mut entry = self.lookup_component(parent, name)?;
+        if let Err(err) = self.give_to_caller(parent, &mut entry, caller) {
+            self.inodes.forget(entry.inode.id, 1);
+            return Err(err);
+        }
+        Ok(entry)
+    }
+
+    pub fn mkdir(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        let name = component(name)?;
+        sys::mkdirat(parent.fd(), &name, mode)?;
+        self.created(&parent, &name, caller)
+    }
+
+    pub fn mknod(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        let name = component(name)?;
+        sys::mknodat(parent.fd(), &name, mode, libc::dev_t::from(rdev))?;
+        self.created(&parent, &name, caller)
+    }
+
+    pub fn symlink(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        target: &OsStr,
+        caller: Caller,
+    ) -> io::Result<Entry> {
+        let parent = self.inodes.get(parent)?;
+        let name = component(name)?;
+        sys::symlinkat(&sys::cstr(target)?, parent.fd(), &name)?;
+        self.created(&parent, &name, caller)
+    }
+
+    pub fn link(&self, id: NodeId, new_parent: NodeId, new_name: &OsStr) -> io::Result<Entry> {
+        let inode = self.inodes.get(id)?;
+        let new_parent = self.inodes.get(new_parent)?;
+        let new_name = component(new_name)?;
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
+        let linked = sys::linkat(
+            Some(inode.fd()),
+            c"",
+            new_parent.fd(),
+            &new_name,
+            libc::AT_EMPTY_PATH,
+        );
+        match linked {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
+                sys::linkat(
+                    None,
+                    &sys::proc_fd_path(inode.fd()),
+                    new_parent.fd(),
+                    &new_name,
+                    libc::AT_SYMLINK_FOLLOW,
+                )?;
+            }
+            other => other?,
+        }
+        self.add_lookup(inode)
+    }
+
+    pub fn unlink(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
+        let parent = self.inodes.get(parent)?;
+        sys::unlinkat(parent.fd(), &component(name)?, 0)
+    }
+
+    pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
+        let parent = self.inodes.get(parent)?;
+        sys::unlinkat(parent.fd(), &component(name)?, libc::AT_REMOVEDIR)
+    }
+
+    /// `renameat2(2)` with the request's flags (NOREPLACE, EXCHANGE, WHITEOUT) unchanged.
+    pub fn rename(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        new_parent: NodeId,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let parent = self.inodes.get(parent)?;
+        let new_parent = self.inodes.get(new_parent)?;
+        sys::renameat2(
+            parent.fd(),
+            &component(name)?,
+            new_parent.fd(),
+            &component(new_name)?,
+            flags,
+        )
+    }
+
+    /// Reopens the object of `inode` with real access through `/proc/self/fd`. The magic
+    /// link leads to that very object (so no `O_NOFOLLOW`, which would open the link).
+    fn reopen(&self, inode: &Inode, flags: libc::c_int) -> io::Result<OwnedFd> {
+        sys::openat(
+            None,
+            &sys::proc_fd_path(inode.fd()),
+            flags & !STRIPPED_OPEN_FLAGS,
+            0,
+        )
+    }
+
+    pub fn open(&self, id: NodeId, flags: i32, caller: Caller) -> io::Result<(u64, Arc<Handle>)> {
+        let inode = self.inodes.get(id)?;
+        if inode.kind == libc::S_IFLNK {
+            return Err(errno(libc::ELOOP));
+        }
+        let fd = self.reopen(&inode, flags)?;
+        if flags & libc::O_TRUNC != 0 && !caller.may_keep_setid() {
+            drop_setid_bits(&inode)?;
+        }
+        Ok(self.handles.insert(Handle::new(inode, fd)))
+    }
+
+    pub fn opendir(&self, id: NodeId) -> io::Result<(u64, Arc<Handle>)> {
+        let inode = self.inodes.get(id)?;
+        let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        Ok(self.handles.insert(Handle::new(inode, fd)))
+    }
+
+    /// Creates (or, without `O_EXCL`, opens) `name` and opens it.
+    pub fn create(
+        &self,
+        parent: NodeId,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> io::Result<(Entry, u64, Arc<Handle>)> {
+        let parent = self.inodes.get(parent)?;
+        let name = component(name)?;
+        let fd = sys::openat(
+            Some(parent.fd()),
+            &name,
+            (flags & !STRIPPED_OPEN_FLAGS)
+                | (flags & libc::O_EXCL)
+                | libc::O_CREAT
+                | libc::O_NOFOLLOW,
+            mode,
+        )?;
+        // The O_PATH descriptor comes from the open file itself, so a concurrent rename of
+        // `name` cannot make the inode differ from the handle.
+        let path_fd = sys::openat(None, &sys::proc_fd_path(fd.as_fd()), libc::O_PATH, 0)?;
+        let mut entry = self.remember(path_fd)?;
+        if let Err(err) = self.give_to_caller(&parent, &mut entry, caller) {
+            self.inodes.forget(entry.inode.id, 1);
+            return Err(err);
+        }
+        let (fh, handle) = self.handles.insert(Handle::new(entry.inode.clone(), fd));
+        Ok((entry, fh, handle))
+    }
+
+    pub fn release(&self, fh: u64) {
+        drop(self.handles.remove(fh));
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
+        let handle = self.handles.get(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::pread(handle.fd(), &mut buf, offset)?;
+        buf.truncate(n);
+        self.stats.count(&self.stats.read_bytes, n as u64);
+        Ok(buf)
+    }
+
+    /// Writes `data`; `drop_setid` is the kernel's request to clear set-id bits (it sends
+    /// it for writers without CAP_FSETID).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: bool) -> io::Result<usize> {
+        let handle = self.handles.get(fh)?;
+        let n = sys::pwrite(handle.fd(), data, offset)?;
+        if drop_setid {
+            drop_setid_bits(&handle.inode)?;
+        }
+        self.stats.count(&self.stats.write_bytes, n as u64);
+        Ok(n)
+    }
+
+    pub fn flush(&self, fh: u64) -> io::Result<()> {
+        sys::flush_by_dup_close(self.handles.get(fh)?.fd())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        sys::fsync(self.handles.get(fh)?.fd(), datasync)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+        sys::fallocate(self.handles.get(fh)?.fd(), mode, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
+        sys::lseek(self.handles.get(fh)?.fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> io::Result<u64> {
+        let src = self.handles.get(fh_in)?;
+        let dst = self.handles.get(fh_out)?;
+        copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
+    }
+
+    /// Lists the directory of handle `fh` from `offset` (0, or a `next_offset` returned
+    /// before). `sink` takes entries until it returns `false` (reply buffer full); an entry
+    /// it refuses is not consumed, and with `plus` its counted lookup is returned.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
+    ) -> io::Result<()> {
+        let handle = self.handles.get(fh)?;
+        let dir = handle.inode.clone();
+        let _position = handle.lock_dir_position();
+        sys::lseek(handle.fd(), offset as i64, libc::SEEK_SET)?;
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let len = sys::getdents64(handle.fd(), &mut buf)?;
+            if len == 0 {
+                return Ok(());
+            }
+            for raw in RawDirents::new(&buf[..len]) {
+                let name = OsStr::from_bytes(raw.name);
+                let dot = raw.name == b"." || raw.name == b"..";
+                let mut kind = dtype_to_mode(raw.d_type);
+                let entry = if plus && !dot {
+                    match self.lookup_component(&dir, &sys::cstr(name)?) {
+                        Ok(e) => Some(e),
+                        // Gone since getdents: skip it, as a later readdir would.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                        Err(e) => return Err(e),
+                    }
+                } else {
+                    None
+                };
+                if kind == 0 {
+                    kind = match &entry {
+                        Some(e) => e.st.st_mode & libc::S_IFMT,
+                        None => {
+                            sys::fstatat(handle.fd(), &sys::cstr(name)?, libc::AT_SYMLINK_NOFOLLOW)
+                                .map_or(libc::S_IFREG, |st| st.st_mode & libc::S_IFMT)
+                        }
+                    };
+                }
+                let counted = entry.as_ref().map(|e| e.inode.id);
+                let accepted = sink(DirEntry {
+                    ino: raw.d_ino,
+                    next_offset: raw.d_off,
+                    kind,
+                    name,
+                    entry,
+                });
+                if !accepted {
+                    if let Some(id) = counted {
+                        self.inodes.forget(id, 1);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.release(fh);
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
+        self.fsync(fh, datasync)
+    }
+
+    pub fn statfs(&self, id: NodeId) -> io::Result<libc::statvfs> {
+        sys::fstatvfs(self.inodes.get(id)?.fd())
+    }
+
+    pub fn access(&self, id: NodeId, mask: i32) -> io::Result<()> {
+        sys::access(&sys::proc_fd_path(self.inodes.get(id)?.fd()), mask)
+    }
+
+    fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
+        id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
+    }
+
+    pub fn getxattr(&self, id: NodeId, name: &OsStr, size: u32) -> io::Result<Xattr> {
+        if Self::is_stats_xattr(id, name) {
+            return sized(self.snapshot().render().into_bytes(), size);
+        }
+        let inode = self.inodes.get(id)?;
+        let path = sys::proc_fd_path(inode.fd());
+        let name = sys::cstr(name)?;
+        if size == 0 {
+            return Ok(Xattr::Size(sys::getxattr(&path, &name, &mut [])? as u32));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr(&path, &name, &mut buf)?;
+        buf.truncate(n);
+        Ok(Xattr::Data(buf))
+    }
+
+    pub fn listxattr(&self, id: NodeId, size: u32) -> io::Result<Xattr> {
+        let inode = self.inodes.get(id)?;
+        let path = sys::proc_fd_path(inode.fd());
+        if size == 0 {
+            return Ok(Xattr::Size(sys::listxattr(&path, &mut [])? as u32));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::listxattr(&path, &mut buf)?;
+        buf.truncate(n);
+        Ok(Xattr::Data(buf))
+    }
+
+    pub fn setxattr(&self, id: NodeId, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+        if Self::is_stats_xattr(id, name) {
+            return Err(errno(libc::EPERM));
+        }
+        let inode = self.inodes.get(id)?;
+        sys::setxattr(
+            &sys::proc_fd_path(inode.fd()),
+            &sys::cstr(name)?,
+            value,
+            flags,
+        )
+    }
+
+    pub fn removexattr(&self, id: NodeId, name: &OsStr) -> io::Result<()> {
+        if Self::is_stats_xattr(id, name) {
+            return Err(errno(libc::EPERM));
+        }
+        let inode = self.inodes.get(id)?;
+        sys::removexattr(&sys::proc_fd_path(inode.fd()), &sys::cstr(name)?)
+    }
+}
+
+/// A value for a getxattr-style reply: the size when `size` is 0, `ERANGE` when too small.
+fn sized(data: Vec<u8>, size: u32) -> io::Result<Xattr> {
+    if size == 0 {
+        Ok(Xattr::Size(data.len() as u32))
+    } else if data.len() > size as usize {
+        Err(errno(libc::ERANGE))
+    } else {
+        Ok(Xattr::Data(data))
+    }
+}
+
+fn dtype_to_mode(d_type: u8) -> libc::mode_t {
+    match d_type {
+        libc::DT_REG => libc::S_IFREG,
+        libc::DT_DIR => libc::S_IFDIR,
+        libc::DT_LNK => libc::S_IFLNK,
+        libc::DT_FIFO => libc::S_IFIFO,
+        libc::DT_SOCK => libc::S_IFSOCK,
+        libc::DT_CHR => libc::S_IFCHR,
+        libc::DT_BLK => libc::S_IFBLK,
+        _ => 0,
+    }
+}
+
+/// One `linux_dirent64` record.
+struct RawDirent<'a> {
+    d_ino: u64,
+    d_off: u64,
+    d_type: u8,
+    name: &'a [u8],
+}
+
+/// Iterates the records `getdents64(2)` wrote into a buffer.
+struct RawDirents<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> RawDirents<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        RawDirents { buf }
+    }
+}
+
+impl<'a> Iterator for RawDirents<'a> {
+    type Item = RawDirent<'a>;
+
+    fn next(&mut self) -> Option<RawDirent<'a>> {
+        // Layout: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, NUL-terminated name.
+        const NAME_AT: usize = 19;
+        if self.buf.len() < NAME_AT {
+            return None;
+        }
+        let d_ino = u64::from_ne_bytes(self.buf[0..8].try_into().ok()?);
+        let d_off = u64::from_ne_bytes(self.buf[8..16].try_into().ok()?);
+        let reclen = u16::from_ne_bytes(self.buf[16..18].try_into().ok()?) as usize;
+        if reclen < NAME_AT || reclen > self.buf.len() {
+            return None;
+        }
+        let d_type = self.buf[18];
+        let name_field = &self.buf[NAME_AT..reclen];
+        let name_len = name_field.iter().position(|&b| b == 0)?;
+        let record = RawDirent {
+            d_ino,
+            d_off,
+            d_type,
+            name: &name_field[..name_len],
+        };
+        self.buf = &self.buf[reclen..];
+        Some(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn fs_over(dir: &Path) -> Fs {
+        let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
+        let root = sys::openat(None, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        Fs::new(root).unwrap()
+    }
+
+    fn os(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    fn err_of<T: std::fmt::Debug>(r: io::Result<T>) -> i32 {
+        r.unwrap_err().raw_os_error().unwrap()
+    }
+
+    fn names(fs: &Fs, dir: NodeId, plus: bool) -> Vec<String> {
+        let (fh, _) = fs.opendir(dir).unwrap();
+        let mut out = Vec::new();
+        fs.readdir(fh, 0, plus, &mut |e| {
+            out.push(e.name.to_string_lossy().into_owned());
+            true
+        })
+        .unwrap();
+        fs.releasedir(fh);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn names_that_are_not_one_component_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs_over(dir.path());
+        assert_eq!(
+            err_of(fs.mkdir(ROOT_ID, os("a/b"), 0o755, ME)),
+            libc::EINVAL
+        );
+        assert_eq!(err_of(fs.unlink(ROOT_ID, os(".."))), libc::EINVAL);
+        assert_eq!(
+            err_of(fs.rename(ROOT_ID, os(".."), ROOT_ID, os("x"), 0)),
+            libc::EINVAL
+        );
+        assert_eq!(err_of(fs.lookup(ROOT_ID, os("../etc"))), libc::EINVAL);
+    }
+
+    #[test]
+    fn dotdot_of_the_root_is_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs_over(dir.path());
+        assert_eq!(fs.lookup(ROOT_ID, os("..")).unwrap().inode.id, ROOT_ID);
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("escape")).unwrap();
+        let fs = fs_over(dir.path());
+        let link = fs.lookup(ROOT_ID, os("escape")).unwrap();
+        assert_eq!(link.st.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert_eq!(fs.readlink(link.inode.id).unwrap(), b"/etc");
+        // A lookup below the link is a lookup in a non-directory.
+        assert_eq!(
+            err_of(fs.lookup(link.inode.id, os("passwd"))),
+            libc::ENOTDIR
+        );
+        assert_eq!(
+            err_of(fs.open(link.inode.id, libc::O_RDONLY, ME)),
+            libc::ELOOP
+        );
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("escape"), 0o644, libc::O_WRONLY, ME)),
+            libc::ELOOP
+        );
+    }
+
+    #[test]
+    fn create_write_read_and_errors_match_the_backing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs_over(dir.path());
+        let (entry, fh, _) = fs
+            .create(ROOT_ID, os("f"), 0o640, libc::O_RDWR | libc::O_EXCL, ME)
+            .unwrap();
+        assert_eq!(entry.st.st_mode & 0o777, 0o640);
+        assert_eq!(fs.write(fh, 0, b"hello", false).unwrap(), 5);
+        assert_eq!(fs.read(fh, 1, 10).unwrap(), b"ello");
+        fs.release(fh);
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("f"), 0o640, libc::O_RDWR | libc::O_EXCL, ME)),
+            libc::EEXIST
+        );
+        assert_eq!(err_of(fs.lookup(ROOT_ID, os("missing"))), libc::ENOENT);
+        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("f"))), libc::ENOTDIR);
+        fs.mkdir(ROOT_ID, os("d"), 0o755, ME).unwrap();
+        assert_eq!(err_of(fs.unlink(ROOT_ID, os("d"))), libc::EISDIR);
+        assert_eq!(err_of(fs.mkdir(ROOT_ID, os("d"), 0o755, ME)), libc::EEXIST);
+        std::fs::write(dir.path().join("d/x"), b"").unwrap();
+        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("d"))), libc::ENOTEMPTY);
+    }
+
+    #[test]
+    fn an_inode_follows_its_file_across_a_rename_made_in_the_backing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("old"), b"content").unwrap();
+        let fs = fs_over(dir.path());
+        let id = fs.lookup(ROOT_ID, os("old")).unwrap().inode.id;
+        std::fs::rename(dir.path().join("old"), dir.path().join("new")).unwrap();
+        std::fs::write(dir.path().join("old"), b"impostor").unwrap();
+        let (fh, _) = fs.open(id, libc::O_RDONLY, ME).unwrap();
+        assert_eq!(fs.read(fh, 0, 100).unwrap(), b"content");
+    }
+
+    #[test]
+    fn readdir_and_readdirplus_list_every_entry_and_count_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..500 {
+            std::fs::write(
+                dir.path().join(format!("file-with-a-long-name-{i:04}")),
+                b"",
+            )
+            .unwrap();
+        }
+        let fs = fs_over(dir.path());
+        let plain = names(&fs, ROOT_ID, false);
+        assert_eq!(plain.len(), 502);
+        assert_eq!(names(&fs, ROOT_ID, true), plain);
+        // readdirplus counted one lookup for each of the 500 files.
+        assert_eq!(fs.snapshot().inodes, 501);
+    }
+
+    #[test]
+    fn readdir_resumes_at_the_offset_of_the_last_accepted_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..50 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let fs = fs_over(dir.path());
+        let (fh, _) = fs.opendir(ROOT_ID).unwrap();
+        let mut seen = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut batch = 0;
+            fs.readdir(fh, offset, true, &mut |e| {
+                if batch == 7 {
+                    return false;
+                }
+                batch += 1;
+                offset = e.next_offset;
+                seen.push(e.name.to_string_lossy().into_owned());
+                true
+            })
+            .unwrap();
+            if batch == 0 {
+                break;
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 52);
+        // Refused entries returned their lookups: only the 50 accepted files remain.
+        assert_eq!(fs.snapshot().inodes, 51);
+    }
+
+    #[test]
+    fn setattr_truncates_chmods_and_sets_times() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
+        let fs = fs_over(dir.path());
+        let id = fs.lookup(ROOT_ID, os("f")).unwrap().inode.id;
+        let when = UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 5);
+        let st = fs
+            .setattr(
+                id,
+                None,
+                SetAttr {
+                    mode: Some(0o600),
+                    size: Some(3),
+                    mtime: Some(SetTime::At(when)),
+                    ..Default::default()
+                },
+                ME,
+            )
+            .unwrap();
+        assert_eq!(st.st_size, 3);
+        assert_eq!(st.st_mode & 0o7777, 0o600);
+        assert_eq!((st.st_mtime, st.st_mtime_nsec), (1_000_000_000, 5));
+    }
+
+    #[test]
+    fn the_stats_attribute_is_read_only_and_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = fs_over(dir.path());
+        let Xattr::Data(text) = fs.getxattr(ROOT_ID, os(STATS_XATTR), 4096).unwrap() else {
+            panic!("expected data");
+        };
+        assert!(
+            String::from_utf8(text)
+                .unwrap()
+                .contains("copy_file_range.calls 0")
+        );
+        assert_eq!(
+            err_of(fs.setxattr(ROOT_ID, os(STATS_XATTR), b"1", 0)),
+            libc::EPERM
+        );
+        if let Ok(Xattr::Data(list)) = fs.listxattr(ROOT_ID, 4096) {
+            assert!(
+                !list
+                    .windows(STATS_XATTR.len())
+                    .any(|w| w == STATS_XATTR.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn dirent_parser_reads_records() {
+        let mut buf = Vec::new();
+        for (ino, name) in [(7u64, "a"), (9, "longer-name")] {
+            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
+            buf.extend_from_slice(&ino.to_ne_bytes());
+            buf.extend_from_slice(&(ino * 10).to_ne_bytes());
+            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
+            buf.push(libc::DT_REG);
+            buf.extend_from_slice(name.as_bytes());
+            buf.resize(buf.len() + reclen - 19 - name.len(), 0);
+        }
+        let got: Vec<_> = RawDirents::new(&buf)
+            .map(|d| {
+                (
+                    d.d_ino,
+                    d.d_off,
+                    String::from_utf8_lossy(d.name).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(7, 70, "a".into()), (9, 90, "longer-name".into())]
+        );
+    }
+}

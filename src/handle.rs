@@ -1,0 +1,122 @@
+//! Open file and directory handles: the `fh` the kernel passes back maps to an `Arc<Handle>`.
+//!
+//! A handle owns a real (non-`O_PATH`) descriptor of the backing object, opened without
+//! `O_APPEND` (the kernel computes append offsets itself, and `copy_file_range(2)` refuses
+//! an `O_APPEND` descriptor). The handle table's mutex is never held across a system call;
+//! it is independent of the inode table's (neither is taken while holding the other).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use fuser::BackingId;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::inode::Inode;
+
+/// Per-inode state shared by its open handles.
+#[derive(Debug, Default)]
+pub struct InodeOpenState {
+    /// The kernel passthrough backing id, while any handle of the inode uses it. The
+    /// kernel wants one backing id per inode; handles keep it alive with their `Arc`.
+    backing: Mutex<Weak<BackingId>>,
+}
+
+impl InodeOpenState {
+    /// The backing id another open handle of this inode registered, if it is still open.
+    pub fn shared_backing(&self) -> Option<Arc<BackingId>> {
+        self.backing.lock().upgrade()
+    }
+
+    /// Makes `fresh` the inode's backing id, unless another thread registered one first:
+    /// then that one is returned and `fresh` is closed (outside the lock).
+    pub fn install_backing(&self, fresh: BackingId) -> Arc<BackingId> {
+        let mut spare = None;
+        let id = {
+            let mut slot = self.backing.lock();
+            match slot.upgrade() {
+                Some(existing) => {
+                    spare = Some(fresh);
+                    existing
+                }
+                None => {
+                    let id = Arc::new(fresh);
+                    *slot = Arc::downgrade(&id);
+                    id
+                }
+            }
+        };
+        drop(spare);
+        id
+    }
+}
+
+/// One open file or directory.
+#[derive(Debug)]
+pub struct Handle {
+    pub inode: Arc<Inode>,
+    file: OwnedFd,
+    /// Serialises seek + getdents on a directory descriptor.
+    dir_position: Mutex<()>,
+    /// Set when the kernel was told to pass reads and writes through to `file`.
+    backing: OnceLock<Arc<BackingId>>,
+}
+
+impl Handle {
+    pub fn new(inode: Arc<Inode>, file: OwnedFd) -> Self {
+        Handle {
+            inode,
+            file,
+            dir_position: Mutex::new(()),
+            backing: OnceLock::new(),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub fn lock_dir_position(&self) -> MutexGuard<'_, ()> {
+        self.dir_position.lock()
+    }
+
+    /// Keeps `id` alive for as long as this handle is open.
+    pub fn attach_backing(&self, id: Arc<BackingId>) {
+        let _ = self.backing.set(id);
+    }
+}
+
+/// The table of open handles. Handle numbers are never reused while the mount lives.
+#[derive(Default)]
+pub struct HandleTable {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Handle>>>,
+}
+
+impl HandleTable {
+    pub fn insert(&self, handle: Handle) -> (u64, Arc<Handle>) {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Arc::new(handle);
+        self.open.lock().insert(fh, handle.clone());
+        (fh, handle)
+    }
+
+    /// The handle for `fh`, or `EBADF`.
+    pub fn get(&self, fh: u64) -> std::io::Result<Arc<Handle>> {
+        self.open
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
+    }
+
+    /// Removes `fh`; its descriptor closes when the last in-flight request drops it.
+    pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.open.lock().remove(&fh)
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.lock().len()
+    }
+}

@@ -1,0 +1,105 @@
+//! The `fastfs` command: parse arguments, run the library, report errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use fastfs::{Config, MountOptions, logger};
+
+/// Mount BACKING at MOUNTPOINT through FUSE, with copies offloaded to the kernel.
+///
+/// Every operation in the mount is passed through to the files in BACKING. A copy inside
+/// the mount (cp, install, rsync, ...) becomes copy_file_range(2) on the backing files: a
+/// reflink on XFS and btrfs, an in-kernel copy on ext4.
+///
+/// Unmount with `umount MOUNTPOINT` or `fusermount3 -u MOUNTPOINT`, or send SIGTERM to a
+/// foreground fastfs.
+#[derive(Parser)]
+#[command(
+    name = "fastfs",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// Where to mount (an existing directory outside BACKING).
+    #[arg(required = true)]
+    mountpoint: Option<PathBuf>,
+
+    /// The directory whose files the mount shows.
+    #[arg(required = true)]
+    backing: Option<PathBuf>,
+
+    /// Mount options, comma-separated: ro, rw, allow_other (implies default_permissions),
+    /// default_permissions, nosuid/suid, nodev/dev, noexec, noatime, threads=N (default 4),
+    /// passthrough=auto|on|off (default auto), cache=always|auto|never (default always:
+    /// only the mount changes BACKING; auto: others change it too; never: no caching).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
+    options: Vec<String>,
+
+    /// Stay in the foreground; unmount cleanly on SIGINT/SIGTERM.
+    #[arg(short, long)]
+    foreground: bool,
+
+    /// Kernel passthrough of reads and writes (same as -o passthrough=...).
+    #[arg(long, value_name = "auto|on|off")]
+    passthrough: Option<String>,
+
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = ArgAction::Count)]
+    verbose: u8,
+
+    /// Write the log to this file (default: stderr in the foreground, syslog when detached).
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the live counters of a mounted fastfs, one `name value` per line.
+    Stats {
+        /// The mountpoint of a running fastfs.
+        mountpoint: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fastfs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), fastfs::Error> {
+    if let Some(Command::Stats { mountpoint }) = cli.command {
+        print!("{}", fastfs::read_stats(&mountpoint)?);
+        return Ok(());
+    }
+    let (Some(mountpoint), Some(backing)) = (cli.mountpoint, cli.backing) else {
+        unreachable!("clap requires both paths without a subcommand");
+    };
+    let mut options = MountOptions::parse(&cli.options)?;
+    if let Some(mode) = &cli.passthrough {
+        options.passthrough = fastfs::config::parse_passthrough(mode)?;
+    }
+    let config = Config::new(&mountpoint, &backing, options)?;
+    let target = match &cli.log_file {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(logger::Target::File)
+            .map_err(|e| fastfs::Error(format!("log file {}: {e}", path.display())))?,
+        None if cli.foreground => logger::Target::Stderr,
+        None => logger::Target::Syslog,
+    };
+    logger::init(cli.verbose, target);
+    fastfs::run(&config, cli.foreground)
+}

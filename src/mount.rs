@@ -1,0 +1,233 @@
+//! Mounting, serving and unmounting one fastfs.
+//!
+//! fastfs mounts with mount(2) itself (as root) so the mount is typed `fuse.fastfs` and
+//! names BACKING as its source; fuser then serves the `/dev/fuse` descriptor on several
+//! threads. The mount is removed on every way out: a guard unmounts on error, a signal
+//! thread unmounts on SIGINT/SIGTERM/SIGHUP, and an external `umount` ends the session.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{BackingId, Session, SessionACL};
+
+use crate::config::{Config, Error, Passthrough};
+use crate::fs::Fs;
+use crate::fuse::FuseFs;
+use crate::{describe_io_error, sys};
+
+const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// How long open files may keep a lazily unmounted session alive after a signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Unmounts `target`; if files are still open there, detaches it lazily instead.
+pub fn unmount(target: &CStr) -> io::Result<()> {
+    match sys::umount2(target, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => sys::umount2(target, libc::MNT_DETACH),
+        other => other,
+    }
+}
+
+/// Unmounts on drop unless the session ended by being unmounted.
+struct MountGuard {
+    target: CString,
+    armed: bool,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = unmount(&self.target)
+        {
+            log::error!("cannot unmount {:?}: {e}", self.target);
+        }
+    }
+}
+
+fn mount_data(config: &Config, dev_fd: i32, root_mode: u32) -> String {
+    let (uid, gid) = sys::effective_ids();
+    let mut data = format!("fd={dev_fd},rootmode={root_mode:o},user_id={uid},group_id={gid}");
+    if config.options.allow_other {
+        data.push_str(",allow_other");
+    }
+    if config.options.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    data
+}
+
+fn mount_flags(config: &Config) -> u64 {
+    let o = &config.options;
+    let mut flags = 0;
+    for (set, flag) in [
+        (o.read_only, libc::MS_RDONLY),
+        (!o.suid, libc::MS_NOSUID),
+        (!o.dev, libc::MS_NODEV),
+        (o.noexec, libc::MS_NOEXEC),
+        (o.noatime, libc::MS_NOATIME),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    flags
+}
+
+fn cstring(path: &std::path::Path) -> Result<CString, Error> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error(format!("path {} contains a NUL byte", path.display())))
+}
+
+/// Mounts `config` and serves it until it is unmounted. `on_ready` runs once the mount
+/// is live (the kernel's INIT answered), before requests are served.
+pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
+    // Threads spawned from here on inherit the mask: only the signal thread sees them.
+    sys::block_signals(&SHUTDOWN_SIGNALS)
+        .map_err(|e| Error(format!("cannot block signals: {e}")))?;
+    match sys::raise_nofile_limit() {
+        Ok(limit) => log::debug!("RLIMIT_NOFILE raised to {limit}"),
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
+    // Modes of new files come from the request (the kernel applied the caller's umask).
+    sys::set_umask(0);
+
+    let backing = cstring(&config.backing)?;
+    let target = cstring(&config.mountpoint)?;
+    let root = sys::openat(None, &backing, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| {
+        Error(format!(
+            "backing directory {}: {}",
+            config.backing.display(),
+            describe_io_error(&e)
+        ))
+    })?;
+    let root_mode = sys::fstat(root.as_fd())
+        .map_err(|e| Error(format!("backing directory: {e}")))?
+        .st_mode;
+    let fs = Arc::new(Fs::new(root).map_err(|e| Error(format!("backing directory: {e}")))?);
+
+    let dev = sys::openat(None, c"/dev/fuse", libc::O_RDWR, 0).map_err(|e| {
+        Error(format!(
+            "cannot open /dev/fuse: {} (fastfs needs the fuse module and root)",
+            describe_io_error(&e)
+        ))
+    })?;
+    let probe_dev = dev
+        .try_clone()
+        .map_err(|e| Error(format!("cannot duplicate /dev/fuse: {e}")))?;
+    let data = CString::new(mount_data(
+        config,
+        std::os::fd::AsRawFd::as_raw_fd(&dev),
+        root_mode,
+    ))
+    .expect("mount data has no NUL");
+    sys::mount(
+        &backing,
+        &target,
+        c"fuse.fastfs",
+        mount_flags(config),
+        &data,
+    )
+    .map_err(|e| {
+        Error(format!(
+            "cannot mount {}: {}",
+            config.mountpoint.display(),
+            describe_io_error(&e)
+        ))
+    })?;
+    let mut guard = MountGuard {
+        target: target.clone(),
+        armed: true,
+    };
+
+    let passthrough = Arc::new(AtomicBool::new(
+        config.options.passthrough != Passthrough::Off,
+    ));
+    let adapter = FuseFs::new(fs.clone(), config.options.cache, passthrough.clone());
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.n_threads = Some(config.options.threads);
+    fuse_config.clone_fd = true;
+    let acl = if config.options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.acl = acl;
+    let session = Session::from_fd(adapter, dev, acl, fuse_config)
+        .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;
+
+    probe_passthrough(&probe_dev, &fs, &passthrough);
+    drop(probe_dev);
+    if config.options.passthrough == Passthrough::On && !passthrough.load(Ordering::Relaxed) {
+        return Err(Error(
+            "passthrough=on, but the kernel refuses FUSE passthrough here \
+             (it needs Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH and CAP_SYS_ADMIN)"
+                .into(),
+        ));
+    }
+    log::info!(
+        "mounted {} at {} (passthrough {})",
+        config.backing.display(),
+        config.mountpoint.display(),
+        if passthrough.load(Ordering::Relaxed) {
+            "on"
+        } else {
+            "off"
+        }
+    );
+
+    spawn_signal_thread(target)?;
+    on_ready();
+    let result = session.run();
+    // The session ends when the mount goes away (ENODEV); then there is nothing to undo.
+    guard.armed = result.is_err();
+    result.map_err(|e| Error(format!("serving the mount failed: {e}")))
+}
+
+/// Asks the kernel whether it will register backing files: with passthrough allowed it
+/// answers EISDIR for a directory, without (no CAP_SYS_ADMIN) EPERM.
+fn probe_passthrough(dev: &std::os::fd::OwnedFd, fs: &Fs, enabled: &AtomicBool) {
+    if !enabled.load(Ordering::Relaxed) {
+        return;
+    }
+    let root = match fs.inode(crate::inode::ROOT_ID) {
+        Ok(root) => root,
+        Err(_) => return,
+    };
+    match BackingId::create_raw(dev.as_fd(), root.fd()) {
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+        Err(e) => {
+            log::info!("kernel passthrough unavailable: {e}");
+            enabled.store(false, Ordering::Relaxed);
+        }
+        Ok(id) => log::warn!("kernel registered a directory as backing file (id {id})"),
+    }
+}
+
+fn spawn_signal_thread(target: CString) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("fastfs-signals".into())
+        .spawn(move || {
+            let sig = match sys::wait_signal(&SHUTDOWN_SIGNALS) {
+                Ok(sig) => sig,
+                Err(e) => {
+                    log::error!("waiting for signals failed: {e}");
+                    return;
+                }
+            };
+            log::info!("signal {sig}: unmounting {target:?}");
+            if let Err(e) = unmount(&target) {
+                log::error!("cannot unmount {target:?}: {e}");
+            }
+            // A lazily detached mount lives on while files are open; do not wait forever.
+            std::thread::sleep(SHUTDOWN_GRACE);
+            log::warn!("files still open after unmount; exiting");
+            std::process::exit(0);
+        })
+        .map(drop)
+        .map_err(|e| Error(format!("cannot start the signal thread: {e}")))
+}

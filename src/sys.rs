@@ -1,0 +1,536 @@
+//! Safe wrappers for the raw Linux calls fastfs makes.
+//!
+//! This is the only module with `unsafe`. Every wrapper makes one system call, takes
+//! `BorrowedFd`/`&CStr`, and returns `io::Result` carrying the call's errno unchanged.
+//! Descriptors that come back are `OwnedFd` with `O_CLOEXEC` set.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// Turns a `-1` return into the thread's errno.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: isize) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A name or path as a C string; an interior NUL is `EINVAL`, as the kernel would say.
+pub fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The `/proc/self/fd/N` path that reopens or names an `O_PATH` descriptor.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+/// Safe wrapper for `openat(2)`; `O_CLOEXEC` is always added.
+pub fn openat(
+    dir: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is NUL-terminated and outlives the call; on success the kernel hands
+    // us a new descriptor that nothing else owns.
+    let fd = check(unsafe {
+        libc::openat(
+            dirfd,
+            path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            libc::c_uint::from(mode),
+        )
+    })?;
+    // SAFETY: `fd` was just returned by openat and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Safe wrapper for `fstatat(2)`. With an empty `name` and `AT_EMPTY_PATH` it stats `dir`.
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one `stat`, which the kernel fills on success.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstat` of any descriptor, `O_PATH` ones included, never following a symlink.
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<libc::stat> {
+    fstatat(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// Safe wrapper for `fstatvfs(3)` (works on `O_PATH` descriptors).
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is valid for writes of one `statvfs`.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Safe wrapper for `mkdirat(2)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// Safe wrapper for `mknodat(2)`.
+pub fn mknodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// Safe wrapper for `symlinkat(2)`.
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// Safe wrapper for `unlinkat(2)`; `flags` is 0 or `AT_REMOVEDIR`.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and outlives the call.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// Safe wrapper for `renameat2(2)`.
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated and outlive the call.
+    check(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `linkat(2)`. `old_dir` of `None` means `AT_FDCWD`.
+pub fn linkat(
+    old_dir: Option<BorrowedFd<'_>>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let old = old_dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: both names are NUL-terminated and outlive the call.
+    check(unsafe {
+        libc::linkat(
+            old,
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `readlinkat(2)` on an `O_PATH` descriptor of the link itself.
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = check_size(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Safe wrapper for `fchownat(2)` on the object `fd` refers to (never following a symlink).
+/// `u32::MAX` (-1) leaves an id unchanged, as in chown(2).
+pub fn fchown_fd(fd: BorrowedFd<'_>, uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: the empty name is a valid C string; AT_EMPTY_PATH makes the call act on `fd`.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `chmod(2)` on a path (used with `/proc/self/fd/N`).
+pub fn chmod(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+/// Safe wrapper for `truncate(2)` on a path (used with `/proc/self/fd/N`).
+pub fn truncate(path: &CStr, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    check(unsafe { libc::truncate(path.as_ptr(), size) }).map(drop)
+}
+
+/// Safe wrapper for `ftruncate(2)`.
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain call on a borrowed descriptor.
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size) }).map(drop)
+}
+
+/// Safe wrapper for `utimensat(2)` with `AT_EMPTY_PATH` on `fd` (works for symlinks too).
+pub fn futimens_fd(fd: BorrowedFd<'_>, times: &[libc::timespec; 2]) -> io::Result<()> {
+    // SAFETY: `times` points to two timespecs as utimensat expects.
+    check(unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `faccessat(2)` on a path.
+pub fn access(path: &CStr, mask: libc::c_int) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, 0) }).map(drop)
+}
+
+/// Safe wrapper for `copy_file_range(2)` with explicit offsets (file positions untouched).
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    off_in: u64,
+    fd_out: BorrowedFd<'_>,
+    off_out: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off_in = i64::try_from(off_in).map_err(|_| einval())?;
+    let mut off_out = i64::try_from(off_out).map_err(|_| einval())?;
+    // SAFETY: the offsets point to live i64s the kernel may update; no buffer is passed.
+    check_size(unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len,
+            0,
+        )
+    })
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// Safe wrapper for `fallocate(2)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let offset = i64::try_from(offset).map_err(|_| einval())?;
+    let len = i64::try_from(len).map_err(|_| einval())?;
+    // SAFETY: plain call on a borrowed descriptor.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+/// Safe wrapper for `lseek(2)`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
+    // SAFETY: plain call on a borrowed descriptor.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Safe wrapper for `getdents64(2)`: fills `buf` with raw `linux_dirent64` records.
+pub fn getdents64(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    check_size(ret as isize)
+}
+
+/// Safe wrapper for `getxattr(2)`; an empty `buf` asks for the size.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes (null when empty, as allowed).
+    check_size(unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// Safe wrapper for `lgetxattr(2)`; an empty `buf` asks for the size.
+pub fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_size(unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })
+}
+
+/// Safe wrapper for `setxattr(2)`.
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is valid for reads of its length.
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `listxattr(2)`; an empty `buf` asks for the size.
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_size(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Safe wrapper for `removexattr(2)`.
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated and outlive the call.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// Safe wrapper for `fsync(2)` / `fdatasync(2)`.
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
+    // SAFETY: plain call on a borrowed descriptor.
+    check(unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `pread(2)`.
+pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let offset = i64::try_from(offset).map_err(|_| einval())?;
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_size(unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) })
+}
+
+/// Safe wrapper for `pwrite(2)`.
+pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
+    let offset = i64::try_from(offset).map_err(|_| einval())?;
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    check_size(unsafe { libc::pwrite(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), offset) })
+}
+
+/// `close(dup(fd))`: lets the backing filesystem see a close (NFS flushes on it) while
+/// the handle stays open.
+pub fn flush_by_dup_close(fd: BorrowedFd<'_>) -> io::Result<()> {
+    fd.try_clone_to_owned().map(drop)
+}
+
+/// Safe wrapper for `umask(2)`.
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: `lim` is valid for writes of one rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded.
+    let mut lim = unsafe { lim.assume_init() };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// Safe wrapper for `mount(2)`.
+pub fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: u64,
+    data: &CStr,
+) -> io::Result<()> {
+    // SAFETY: all strings are NUL-terminated and outlive the call.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags as libc::c_ulong,
+            data.as_ptr().cast(),
+        )
+    })
+    .map(drop)
+}
+
+/// Safe wrapper for `umount2(2)`.
+pub fn umount2(target: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `target` is NUL-terminated and outlives the call.
+    check(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+/// Effective user and group ids of the daemon.
+pub fn effective_ids() -> (libc::uid_t, libc::gid_t) {
+    // SAFETY: geteuid and getegid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Blocks `signals` in the calling thread; threads spawned later inherit the mask, so
+/// only a thread that waits for them with [`wait_signal`] sees them.
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    let set = sigset(signals);
+    // SAFETY: `set` is an initialised sigset; the old mask is not wanted.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises `set`; sigaddset only takes valid signal numbers.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for &sig in signals {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        set.assume_init()
+    }
+}
+
+/// Safe wrapper for `sigwait(3)`: waits for one of `signals` (which must be blocked).
+pub fn wait_signal(signals: &[libc::c_int]) -> io::Result<libc::c_int> {
+    let set = sigset(signals);
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is valid for a write.
+    let ret = unsafe { libc::sigwait(&set, &mut sig) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(sig)
+}
+
+/// The result of [`fork`] as seen by each process.
+pub enum Forked {
+    Parent { child: libc::pid_t },
+    Child,
+}
+
+/// Safe wrapper for `fork(2)`.
+///
+/// Callers must be single-threaded at this point (fastfs forks before it starts any
+/// thread), so the child inherits no lock held by another thread.
+pub fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees that no other thread exists, so the child's copy of
+    // the address space is consistent.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        child => Ok(Forked::Parent { child }),
+    }
+}
+
+/// Safe wrapper for `setsid(2)`.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain call without arguments.
+    check(unsafe { libc::setsid() }).map(drop)
+}
+
+/// Safe wrapper for `dup2(2)`: makes `target` (e.g. 0, 1, 2) refer to what `fd` refers to.
+pub fn dup2(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 only replaces `target`, a standard descriptor we do not hold elsewhere.
+    check(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// Safe wrapper for `pipe2(2)` with `O_CLOEXEC`: returns (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is valid for two ints.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 returned two new descriptors that nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Safe wrapper for `waitpid(2)`: the exit status of `pid`, or 128+signal.
+pub fn wait_child(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status = 0;
+    // SAFETY: `status` is valid for a write.
+    check(unsafe { libc::waitpid(pid, &mut status, 0) })?;
+    if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status))
+    } else {
+        Ok(128 + libc::WTERMSIG(status))
+    }
+}
+
+/// Writes a message to syslog with the given priority.
+pub fn syslog(priority: libc::c_int, msg: &str) {
+    let Ok(msg) = CString::new(msg.replace('\0', " ")) else {
+        return;
+    };
+    // SAFETY: the format string is a literal "%s" and `msg` is NUL-terminated.
+    unsafe { libc::syslog(priority, c"%s".as_ptr(), msg.as_ptr()) }
+}
+
+/// Sets the identity syslog messages carry.
+pub fn openlog(ident: &'static CStr) {
+    // SAFETY: `ident` is 'static, as openlog keeps the pointer.
+    unsafe { libc::openlog(ident.as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) }
+}
+
+/// An all-zero `stat`.
+pub fn zeroed_stat() -> libc::stat {
+    // SAFETY: `stat` is plain data for which all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}
