@@ -94,10 +94,15 @@ pub struct DirEntry<'a> {
 }
 
 /// Flags a backing descriptor is never opened with: creation is done by `create`,
-/// `O_APPEND` is applied by the kernel (and `copy_file_range(2)` refuses it), and
-/// `O_DIRECT` would need aligned daemon buffers.
-const STRIPPED_OPEN_FLAGS: libc::c_int =
-    libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_APPEND | libc::O_DIRECT;
+/// `O_APPEND` is applied by the kernel (and `copy_file_range(2)` refuses it), `O_DIRECT`
+/// would need aligned daemon buffers, and `O_NOFOLLOW` was already applied by the kernel
+/// (on a `/proc/self/fd` path it would open the magic link itself and fail with ELOOP).
+const STRIPPED_OPEN_FLAGS: libc::c_int = libc::O_CREAT
+    | libc::O_EXCL
+    | libc::O_NOCTTY
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_NOFOLLOW;
 
 pub struct Fs {
     inodes: InodeTable,

@@ -198,7 +198,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.lookup(parent.0, name) {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !self.cache.ttl().is_zero() => {
                 // A negative entry: the kernel remembers the name is absent.
@@ -216,7 +216,7 @@ impl Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.getattr(ino.0) {
             Ok(st) => reply.attr(&self.cache.ttl(), &attr(ino.0, &st)),
             Err(err) => reply.error(errno(err)),
@@ -241,7 +241,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         let change = SetAttr {
             mode,
             uid,
@@ -257,7 +257,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(err) => reply.error(errno(err)),
@@ -274,7 +274,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         self.reply_entry(
             self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
             reply,
@@ -290,17 +290,17 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         self.reply_entry(self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.rmdir(parent.0, name), reply);
     }
 
@@ -312,7 +312,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         let result = self
             .fs
             .symlink(parent.0, link_name, target.as_os_str(), caller(req));
@@ -329,7 +329,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -345,12 +345,12 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.open(ino.0, flags.0, caller(req)) {
             Ok((fh, handle)) => {
                 match self.passthrough_id(&handle, || reply.open_backing(handle.fd())) {
@@ -373,7 +373,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(errno(err)),
@@ -392,7 +392,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(fh.0, offset, data, drop_setid) {
             Ok(n) => reply.written(n as u32),
@@ -408,7 +408,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -422,7 +422,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -435,12 +435,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.opendir(ino.0) {
             Ok((fh, _)) => {
                 let flags = if self.cache.keep_page_cache() {
@@ -462,7 +462,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         let result = self.reply_dir(fh, offset, false, |e| {
             !reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), e.name)
         });
@@ -480,7 +480,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         let ttl = self.cache.ttl();
         let result = self.reply_dir(fh, offset, true, |e| {
             let full = match &e.entry {
@@ -523,7 +523,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -536,12 +536,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.fsyncdir(fh.0, datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -567,27 +567,27 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_xattr(self.fs.getxattr(ino.0, name, size), reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_xattr(self.fs.listxattr(ino.0, size), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.access(ino.0, mask.bits()), reply);
     }
 
@@ -601,7 +601,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, fh, handle)) => {
                 let ttl = self.cache.ttl();
@@ -638,7 +638,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -651,7 +651,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(err) => reply.error(errno(err)),
@@ -671,7 +671,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.fs.stats.count(&self.fs.stats.requests, 1);
+        let _request = self.fs.stats.request();
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

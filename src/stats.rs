@@ -18,6 +18,18 @@ pub struct Stats {
     pub write_bytes: AtomicU64,
     pub passthrough_opens: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests being served right now, and the most there ever were at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// Counts one request as in flight until dropped.
+pub struct InFlight<'a>(&'a Stats);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -30,6 +42,7 @@ pub struct Snapshot {
     pub write_bytes: u64,
     pub passthrough_opens: u64,
     pub requests: u64,
+    pub max_in_flight: u64,
     pub inodes: u64,
     pub open_handles: u64,
 }
@@ -37,6 +50,14 @@ pub struct Snapshot {
 impl Stats {
     pub fn count(&self, counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a request; it stays in flight while the returned guard lives.
+    pub fn request(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -49,6 +70,7 @@ impl Stats {
             write_bytes: get(&self.write_bytes),
             passthrough_opens: get(&self.passthrough_opens),
             requests: get(&self.requests),
+            max_in_flight: get(&self.max_in_flight),
             inodes: 0,
             open_handles: 0,
         }
@@ -66,6 +88,7 @@ impl Snapshot {
             ("write.bytes", self.write_bytes),
             ("passthrough.opens", self.passthrough_opens),
             ("requests", self.requests),
+            ("requests.max_in_flight", self.max_in_flight),
             ("inodes", self.inodes),
             ("open_handles", self.open_handles),
         ]

@@ -1,0 +1,211 @@
+//! The command line: mounting, detaching, signals, stats, and every mistake a user can make.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Runs fastfs with `args`; asserts it fails with one line on stderr containing `phrase`
+/// and that nothing got mounted at `mnt`.
+fn refused(args: &[&str], mnt: &Path, phrase: &str) {
+    refused_as(Command::new(FASTFS).args(args), mnt, phrase);
+}
+
+fn refused_as(cmd: &mut Command, mnt: &Path, phrase: &str) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{cmd:?} succeeded");
+    assert!(
+        stderr.contains(phrase),
+        "{cmd:?}: expected '{phrase}' in:\n{stderr}"
+    );
+    assert!(
+        stderr.starts_with("fastfs: ") || stderr.starts_with("error: "),
+        "unexpected message format: {stderr}"
+    );
+    assert!(
+        !is_mountpoint(mnt),
+        "{cmd:?} left {} mounted",
+        mnt.display()
+    );
+}
+
+struct Dirs {
+    dir: tempfile::TempDir,
+}
+
+impl Dirs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir_in(test_root()).unwrap();
+        fs::create_dir(dir.path().join("mnt")).unwrap();
+        fs::create_dir(dir.path().join("backing")).unwrap();
+        fs::create_dir(dir.path().join("backing/inner")).unwrap();
+        fs::write(dir.path().join("file"), b"").unwrap();
+        Dirs { dir }
+    }
+    fn p(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+}
+
+#[test]
+fn bad_command_lines_fail_with_a_clear_message_and_mount_nothing() {
+    let d = Dirs::new();
+    let mnt = d.dir.path().join("mnt");
+    let (m, b) = (d.p("mnt"), d.p("backing"));
+    refused(&[&d.p("missing"), &b], &mnt, "mountpoint");
+    refused(&[&m, &d.p("missing")], &mnt, "No such file or directory");
+    refused(&[&d.p("file"), &b], &mnt, "is not a directory");
+    refused(&[&m, &d.p("file")], &mnt, "is not a directory");
+    refused(&[&b, &b], &d.dir.path().join("backing"), "recurse");
+    refused(
+        &[&d.p("backing/inner"), &b],
+        &d.dir.path().join("backing/inner"),
+        "inside the backing directory",
+    );
+    refused(
+        &["-o", "bogus", &m, &b],
+        &mnt,
+        "unknown mount option 'bogus'",
+    );
+    refused(&["-o", "threads=lots", &m, &b], &mnt, "threads");
+    refused(&["-o", "cache", &m, &b], &mnt, "needs a value");
+    refused(&["--passthrough", "maybe", &m, &b], &mnt, "passthrough");
+    refused(&[&m], &mnt, "required");
+    refused(&["--no-such-flag", &m, &b], &mnt, "unexpected argument");
+}
+
+#[test]
+fn without_dev_fuse_or_permission_the_mount_is_refused() {
+    let d = Dirs::new();
+    let mnt = d.dir.path().join("mnt");
+    // /dev hidden behind an empty tmpfs, in a private mount namespace.
+    refused_as(
+        Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!(
+                "mount -t tmpfs none /dev && exec {FASTFS} {} {}",
+                d.p("mnt"),
+                d.p("backing")
+            ),
+        ]),
+        &mnt,
+        "cannot open /dev/fuse",
+    );
+    // An unprivileged user can not open /dev/fuse (mode 0600 root).
+    sh(&format!(
+        "chmod 0777 {} {} {}",
+        d.dir.path().display(),
+        d.p("mnt"),
+        d.p("backing")
+    ));
+    refused_as(
+        Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            FASTFS,
+            &d.p("mnt"),
+            &d.p("backing"),
+        ]),
+        &mnt,
+        "/dev/fuse",
+    );
+}
+
+#[test]
+fn detached_mount_is_live_when_the_command_returns_and_ends_on_umount() {
+    let d = Dirs::new();
+    fs::write(d.dir.path().join("backing/hello"), b"hi").unwrap();
+    // `fastfs m b && cat m/hello` must work: the mount is live when fastfs returns.
+    let out = sh(&format!(
+        "{FASTFS} -o passthrough={} {m} {b} && cat {m}/hello",
+        passthrough_mode(),
+        m = d.p("mnt"),
+        b = d.p("backing")
+    ));
+    let mnt = d.dir.path().join("mnt");
+    let guard = scopeguard(&mnt);
+    assert_eq!(out, "hi");
+    let source = sh(&format!(
+        "findmnt -n -t fuse.fastfs -o SOURCE {}",
+        d.p("mnt")
+    ));
+    assert_eq!(source.trim(), d.p("backing"));
+    let pid = sh(&format!("pgrep -f -n '^{FASTFS} .*{}'", d.p("mnt")));
+    sh(&format!("umount {}", d.p("mnt")));
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(25));
+        !Path::new(&format!("/proc/{}", pid.trim())).exists()
+    });
+    assert!(gone, "daemon {} still running after umount", pid.trim());
+    drop(guard);
+}
+
+/// Unmounts `path` when dropped (for mounts made without the `Mounted` fixture).
+struct Unmounter(std::path::PathBuf);
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        unmount(&self.0);
+    }
+}
+fn scopeguard(path: &Path) -> Unmounter {
+    Unmounter(path.to_path_buf())
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly() {
+    for signal in ["TERM", "INT"] {
+        let mut m = Mounted::new();
+        fs::write(m.m("kept"), b"data").unwrap();
+        let status = m.signal_and_wait(signal);
+        assert!(status.success(), "SIG{signal}: fastfs exited with {status}");
+        assert!(!is_mountpoint(&m.mnt), "SIG{signal} left the mount behind");
+        assert_eq!(fs::read(m.b("kept")).unwrap(), b"data");
+    }
+}
+
+#[test]
+fn external_umount_ends_the_daemon() {
+    let mut m = Mounted::new();
+    let status = m.unmount_and_wait();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn stats_refuses_a_directory_that_is_not_fastfs() {
+    let d = Dirs::new();
+    let out = Command::new(FASTFS)
+        .args(["stats", &d.p("mnt")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the root of a fastfs mount"));
+}
+
+#[test]
+fn help_and_version_work() {
+    let help = sh(&format!("{FASTFS} --help"));
+    assert!(help.contains("MOUNTPOINT") && help.contains("BACKING") && help.contains("stats"));
+    let version = sh(&format!("{FASTFS} --version"));
+    assert!(version.starts_with("fastfs "), "{version}");
+}
+
+#[test]
+fn read_only_mount_refuses_writes_with_erofs() {
+    let m = Mounted::with_options(&["ro"]);
+    fs::write(m.b("existing"), b"x").unwrap();
+    assert_eq!(errno_of(fs::write(m.m("new"), b"")), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(m.m("existing"))), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().write(true).open(m.m("existing"))),
+        libc::EROFS
+    );
+    assert_eq!(fs::read(m.m("existing")).unwrap(), b"x");
+}

@@ -1,0 +1,315 @@
+//! Fixtures for tests that really mount: a fastfs over a fresh backing directory, loop
+//! filesystems and tmpfs submounts. Every fixture unmounts in `Drop`, so a failing test
+//! leaves nothing mounted. A fixture that cannot mount panics and says why: mount tests
+//! never skip themselves.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub const FASTFS: &str = env!("CARGO_BIN_EXE_fastfs");
+
+/// The passthrough mode the mount tests run under (`FASTFS_TEST_PASSTHROUGH`, default auto).
+pub fn passthrough_mode() -> String {
+    std::env::var("FASTFS_TEST_PASSTHROUGH").unwrap_or_else(|_| "auto".into())
+}
+
+/// Runs a shell command; panics with its output unless it succeeds. Returns stdout.
+pub fn sh(script: &str) -> String {
+    let out = sh_output(script);
+    assert!(
+        out.status.success(),
+        "command failed ({}): {script}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_output(script: &str) -> Output {
+    Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs")
+}
+
+/// Whether `path` is a mountpoint of type `fstype` (in this mount namespace).
+pub fn mounted_as(path: &Path, fstype: &str) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = path.to_str().expect("utf-8 path");
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        fields.get(4) == Some(&want) && fields.get(sep + 1) == Some(&fstype)
+    })
+}
+
+pub fn is_mountpoint(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let want = path.to_str().expect("utf-8 path");
+    info.lines()
+        .any(|line| line.split(' ').nth(4) == Some(want))
+}
+
+/// Unmounts `path`, lazily if it is busy; quiet if it is not mounted.
+pub fn unmount(path: &Path) {
+    if !is_mountpoint(path) {
+        return;
+    }
+    let ok = Command::new("umount")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
+/// A fresh fastfs mount in the foreground, over a backing directory.
+pub struct Mounted {
+    pub mnt: PathBuf,
+    pub backing: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Mounted {
+    /// A fastfs over a new, empty backing directory on the root filesystem.
+    pub fn new() -> Self {
+        Self::with_options(&[])
+    }
+
+    pub fn with_options(options: &[&str]) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
+        let backing = dir.path().join("backing");
+        fs::create_dir(&backing).unwrap();
+        Self::start(dir, backing, options)
+    }
+
+    /// A fastfs over an existing directory `backing` (e.g. a loop-mounted filesystem).
+    pub fn over(backing: &Path, options: &[&str]) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
+        Self::start(dir, backing.to_path_buf(), options)
+    }
+
+    fn start(dir: TempDir, backing: PathBuf, options: &[&str]) -> Self {
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        let log = dir.path().join("fastfs.log");
+        let mut opts = vec![format!("passthrough={}", passthrough_mode())];
+        opts.extend(options.iter().map(|s| s.to_string()));
+        let child = Command::new(FASTFS)
+            .arg("-f")
+            .arg("-v")
+            .arg("-o")
+            .arg(opts.join(","))
+            .arg(&mnt)
+            .arg(&backing)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("fastfs starts");
+        let mut m = Mounted {
+            mnt,
+            backing,
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mounted_as(&self.mnt, "fuse.fastfs") {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "fastfs exited ({status}) before mounting {}:\n{}",
+                    self.mnt.display(),
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fastfs did not mount {} within 20 s:\n{}",
+                self.mnt.display(),
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// A path inside the mount.
+    pub fn m(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The same path inside the backing directory.
+    pub fn b(&self, rel: &str) -> PathBuf {
+        self.backing.join(rel)
+    }
+
+    /// The counters `fastfs stats` prints.
+    pub fn stats(&self) -> HashMap<String, u64> {
+        let out = Command::new(FASTFS)
+            .arg("stats")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fastfs stats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (k, v) = l.split_once(' ').expect("name value");
+                (k.to_string(), v.parse().expect("number"))
+            })
+            .collect()
+    }
+
+    /// Sends `signal` to the daemon and returns its exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        sh(&format!("kill -{signal} {pid}"));
+        wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("fastfs did not exit after {signal}"))
+    }
+
+    /// Unmounts and waits for the daemon to exit; returns its exit status.
+    pub fn unmount_and_wait(&mut self) -> std::process::ExitStatus {
+        sh(&format!("umount {}", self.mnt.display()));
+        wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(10))
+            .expect("fastfs exits after umount")
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        unmount(&self.mnt);
+        if let Some(mut child) = self.child.take()
+            && wait_exit(&mut child, Duration::from_secs(10)).is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Where tests put their directories: on the root filesystem (ext4 here), not a tmpfs.
+pub fn test_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mount-tests");
+    fs::create_dir_all(&root).unwrap();
+    root
+}
+
+/// A filesystem image loop-mounted on a fresh directory, removed on drop.
+pub struct LoopFs {
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl LoopFs {
+    /// `mkfs` is e.g. "mkfs.xfs -q" or "mkfs.ext4 -q"; `size` as truncate(1) takes it.
+    pub fn new(mkfs: &str, size: &str) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).unwrap();
+        let image = dir.path().join("image");
+        let path = dir.path().join("fs");
+        fs::create_dir(&path).unwrap();
+        sh(&format!(
+            "truncate -s {size} {img} && {mkfs} {img} >/dev/null && mount -o loop {img} {mnt}",
+            img = image.display(),
+            mnt = path.display()
+        ));
+        LoopFs { path, _dir: dir }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        unmount(&self.path);
+    }
+}
+
+/// A tmpfs mounted on `path` (which must exist), unmounted on drop.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn on(path: &Path) -> Self {
+        sh(&format!(
+            "mount -t tmpfs -o size=512m tmpfs {}",
+            path.display()
+        ));
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        unmount(&self.path);
+    }
+}
+
+/// sha256 of a file.
+pub fn checksum(path: &Path) -> String {
+    sh(&format!("sha256sum < '{}'", path.display()))
+}
+
+/// Writes `mib` MiB of random data to `path`.
+pub fn write_random(path: &Path, mib: usize) {
+    sh(&format!(
+        "head -c {}M /dev/urandom > '{}'",
+        mib,
+        path.display()
+    ));
+}
+
+pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().expect("an OS error"),
+    }
+}

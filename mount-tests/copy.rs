@@ -1,0 +1,153 @@
+//! Copies inside the mount are offloaded to the backing filesystem.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+
+use crate::common::*;
+
+#[test]
+fn cp_inside_the_mount_is_offloaded_and_identical() {
+    let m = Mounted::new();
+    write_random(&m.m("src"), 64);
+    sh(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("dst").display()
+    ));
+    assert_eq!(checksum(&m.b("src")), checksum(&m.b("dst")));
+    assert_eq!(checksum(&m.m("dst")), checksum(&m.b("src")));
+    let stats = m.stats();
+    assert!(stats["copy_file_range.calls"] >= 1, "{stats:?}");
+    assert_eq!(
+        stats["copy_file_range.offloaded_bytes"],
+        64 << 20,
+        "{stats:?}"
+    );
+    assert_eq!(stats["copy_file_range.fallback_bytes"], 0, "{stats:?}");
+}
+
+#[test]
+fn cp_on_xfs_backing_is_a_reflink() {
+    let xfs = LoopFs::new("mkfs.xfs -q -f -m reflink=1", "1G");
+    let m = Mounted::over(&xfs.path, &[]);
+    write_random(&m.m("src"), 64);
+    sh("sync");
+    let free_before = sh(&format!("stat -f -c %a {}", xfs.path.display()));
+    sh(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("dst").display()
+    ));
+    sh("sync");
+    let free_after = sh(&format!("stat -f -c %a {}", xfs.path.display()));
+    assert_eq!(checksum(&m.m("dst")), checksum(&m.b("src")));
+    let extents = sh(&format!("filefrag -v {}", m.b("dst").display()));
+    assert!(
+        extents.contains("shared"),
+        "the copy's extents are not shared with the source:\n{extents}"
+    );
+    let free_before: u64 = free_before.trim().parse().unwrap();
+    let free_after: u64 = free_after.trim().parse().unwrap();
+    // 64 MiB of data copied; a reflink allocates (almost) nothing.
+    assert!(
+        free_before.saturating_sub(free_after) < 1024,
+        "free blocks dropped from {free_before} to {free_after}"
+    );
+    let stats = m.stats();
+    assert_eq!(
+        stats["copy_file_range.offloaded_bytes"],
+        64 << 20,
+        "{stats:?}"
+    );
+    assert_eq!(stats["copy_file_range.fallback_bytes"], 0, "{stats:?}");
+}
+
+#[test]
+fn copy_between_two_backing_filesystems_falls_back_to_the_daemon() {
+    let m = Mounted::new();
+    fs::create_dir(m.b("tmp")).unwrap();
+    let _tmpfs = Tmpfs::on(&m.b("tmp"));
+    write_random(&m.m("src"), 24);
+    let out = sh_output(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("tmp/dst").display()
+    ));
+    assert!(out.status.success(), "cp failed: {out:?}");
+    assert_eq!(checksum(&m.b("tmp/dst")), checksum(&m.b("src")));
+    let stats = m.stats();
+    assert_eq!(
+        stats["copy_file_range.fallback_bytes"],
+        24 << 20,
+        "{stats:?}"
+    );
+    assert_eq!(stats["copy_file_range.offloaded_bytes"], 0, "{stats:?}");
+    // The mount keeps offloading afterwards: the fallback never disabled copy_file_range.
+    sh(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("again").display()
+    ));
+    assert_eq!(m.stats()["copy_file_range.offloaded_bytes"], 24 << 20);
+}
+
+#[test]
+fn sparse_file_keeps_its_holes_when_copied() {
+    let m = Mounted::new();
+    sh(&format!(
+        "truncate -s 256M {f} && printf data | dd of={f} bs=1 seek=100000000 conv=notrunc status=none",
+        f = m.m("sparse").display()
+    ));
+    sh(&format!(
+        "cp {} {}",
+        m.m("sparse").display(),
+        m.m("copy").display()
+    ));
+    let copy = fs::metadata(m.b("copy")).unwrap();
+    assert_eq!(copy.len(), 256 << 20);
+    assert!(
+        copy.blocks() * 512 < 1 << 20,
+        "the copy allocated {} bytes for 4 bytes of data",
+        copy.blocks() * 512
+    );
+    assert_eq!(checksum(&m.m("copy")), checksum(&m.b("sparse")));
+    // SEEK_DATA / SEEK_HOLE through the mount find the one data block.
+    let file = fs::File::open(m.m("copy")).unwrap();
+    let data = fastfs::sys::lseek(file.as_fd(), 0, libc::SEEK_DATA).unwrap();
+    let hole = fastfs::sys::lseek(file.as_fd(), data, libc::SEEK_HOLE).unwrap();
+    assert!(
+        data <= 100_000_000 && hole > 100_000_000,
+        "data {data}, hole {hole}"
+    );
+}
+
+#[test]
+fn a_long_copy_does_not_stall_other_requests() {
+    // cache=never: every stat and listing below reaches the daemon.
+    let m = Mounted::with_options(&["cache=never"]);
+    fs::create_dir(m.b("tmp")).unwrap();
+    let _tmpfs = Tmpfs::on(&m.b("tmp"));
+    write_random(&m.m("big"), 384);
+    fs::create_dir(m.m("dir")).unwrap();
+    let mut cp = std::process::Command::new("cp")
+        .arg(m.m("big"))
+        .arg(m.m("tmp/big"))
+        .spawn()
+        .unwrap();
+    let mut served_during_copy = 0;
+    while cp.try_wait().unwrap().is_none() {
+        fs::read_dir(m.m("dir")).unwrap().for_each(drop);
+        fs::symlink_metadata(m.m("dir")).unwrap();
+        if cp.try_wait().unwrap().is_none() {
+            served_during_copy += 1;
+        }
+    }
+    assert!(cp.wait().unwrap().success());
+    assert!(served_during_copy > 0, "no ls/stat completed while cp ran");
+    let stats = m.stats();
+    assert!(
+        stats["requests.max_in_flight"] >= 2,
+        "requests were never served concurrently: {stats:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! Tests that mount a real fastfs over a real backing directory and drive it with real
+//! tools. They need root and /dev/fuse; where they cannot mount they fail and say why.
+//! `FASTFS_TEST_PASSTHROUGH=on|off|auto` chooses the kernel passthrough mode.
+
+mod common;
+
+mod cli;
+mod copy;
+mod ops;
+mod rsync;
