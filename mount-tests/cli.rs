@@ -130,8 +130,7 @@ fn detached_mount_is_live_when_the_command_returns_and_ends_on_umount() {
         m = d.p("mnt"),
         b = d.p("backing")
     ));
-    let mnt = d.dir.path().join("mnt");
-    let guard = scopeguard(&mnt);
+    let guard = Unmount(d.dir.path().join("mnt"));
     assert_eq!(out, "hi");
     let source = sh(&format!(
         "findmnt -n -t fuse.fastfs -o SOURCE {}",
@@ -146,17 +145,6 @@ fn detached_mount_is_live_when_the_command_returns_and_ends_on_umount() {
     });
     assert!(gone, "daemon {} still running after umount", pid.trim());
     drop(guard);
-}
-
-/// Unmounts `path` when dropped (for mounts made without the `Mounted` fixture).
-struct Unmounter(std::path::PathBuf);
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        unmount(&self.0);
-    }
-}
-fn scopeguard(path: &Path) -> Unmounter {
-    Unmounter(path.to_path_buf())
 }
 
 #[test]

@@ -8,3 +8,4 @@ mod cli;
 mod copy;
 mod ops;
 mod rsync;
+mod safety;

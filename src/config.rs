@@ -77,6 +77,9 @@ pub struct MountOptions {
     pub dev: bool,
     pub noexec: bool,
     pub noatime: bool,
+    /// POSIX ACLs: the kernel caches and enforces them (this implies kernel permission
+    /// checks, i.e. default_permissions).
+    pub acl: bool,
 }
 
 impl Default for MountOptions {
@@ -92,6 +95,7 @@ impl Default for MountOptions {
             dev: false,
             noexec: false,
             noatime: false,
+            acl: true,
         }
     }
 }
@@ -123,6 +127,8 @@ impl MountOptions {
                 ("nodev", None) => o.dev = false,
                 ("noexec", None) => o.noexec = true,
                 ("noatime", None) => o.noatime = true,
+                ("acl", None) => o.acl = true,
+                ("noacl", None) => o.acl = false,
                 ("threads", Some(v)) => {
                     o.threads = match v.parse::<usize>() {
                         Ok(n) if (1..=64).contains(&n) => n,
@@ -152,7 +158,9 @@ impl MountOptions {
                     | "dev"
                     | "nodev"
                     | "noexec"
-                    | "noatime",
+                    | "noatime"
+                    | "acl"
+                    | "noacl",
                     Some(_),
                 ) => bail!("option '{key}' takes no value"),
                 ("threads" | "passthrough" | "cache", None) => {
@@ -203,9 +211,36 @@ fn existing_dir(what: &str, path: &Path) -> Result<PathBuf, Error> {
     Ok(canonical)
 }
 
+/// Whether `path` is the mountpoint of a FUSE filesystem whose daemon died
+/// ("Transport endpoint is not connected"). statfs always asks the daemon; stat may be
+/// answered from the kernel's attribute cache even after the daemon is gone.
+pub fn is_stale_fuse_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    matches!(crate::sys::statfs(&c), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// The mountpoint, canonical. A mountpoint left behind by a killed FUSE daemon cannot be
+/// resolved itself; its parent can, and [`crate::mount::serve`] detaches the dead mount.
+fn mountpoint_dir(path: &Path) -> Result<PathBuf, Error> {
+    if is_stale_fuse_mount(path)
+        && let (Some(parent), Some(name)) = (path.parent(), path.file_name())
+    {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        return Ok(existing_dir("mountpoint", parent)?.join(name));
+    }
+    existing_dir("mountpoint", path)
+}
+
 impl Config {
     pub fn new(mountpoint: &Path, backing: &Path, options: MountOptions) -> Result<Self, Error> {
-        let mount_canon = existing_dir("mountpoint", mountpoint)?;
+        let mount_canon = mountpoint_dir(mountpoint)?;
         let backing_canon = existing_dir("backing directory", backing)?;
         if mount_canon == backing_canon {
             bail!(

@@ -5,12 +5,15 @@
 //! the mount reaches outside BACKING and no symlink is ever followed by the daemon.
 //! Errors carry the backing call's errno unchanged.
 
+use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
 
 use crate::copy;
 use crate::handle::{Handle, HandleTable};
@@ -110,7 +113,14 @@ pub struct Fs {
     pub stats: Stats,
     daemon_uid: u32,
     daemon_gid: u32,
+    /// Inodes unlinked through the mount whose last name is gone but whose FORGET has not
+    /// arrived yet: our `O_PATH` descriptor still pins their blocks.
+    orphans: Mutex<HashSet<NodeId>>,
+    orphans_released: Condvar,
 }
+
+/// How long an allocation that failed with ENOSPC waits for orphans to be released.
+const ORPHAN_WAIT: Duration = Duration::from_millis(200);
 
 fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -157,15 +167,18 @@ fn timespec(time: Option<SetTime>) -> libc::timespec {
 }
 
 impl Fs {
-    /// A filesystem over the directory `root` (an `O_PATH` descriptor of it).
-    pub fn new(root: OwnedFd) -> io::Result<Self> {
+    /// A filesystem over the directory `root` (an `O_PATH` descriptor of it) that keeps
+    /// at most about `max_inodes` inodes (descriptors) before asking the kernel to forget.
+    pub fn new(root: OwnedFd, max_inodes: usize) -> io::Result<Self> {
         let (daemon_uid, daemon_gid) = sys::effective_ids();
         Ok(Fs {
-            inodes: InodeTable::new(root)?,
+            inodes: InodeTable::new(root, max_inodes)?,
             handles: HandleTable::default(),
             stats: Stats::default(),
             daemon_uid,
             daemon_gid,
+            orphans: Mutex::new(HashSet::new()),
+            orphans_released: Condvar::new(),
         })
     }
 
@@ -188,13 +201,18 @@ impl Fs {
     /// Opens `name` in `parent` as `O_PATH` without following it, and counts a lookup.
     fn lookup_component(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
         let fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        self.remember(fd)
+        self.remember(fd, Some((parent.id, OsStr::from_bytes(name.as_bytes()))))
     }
 
-    fn remember(&self, fd: OwnedFd) -> io::Result<Entry> {
+    fn remember(&self, fd: OwnedFd, found_as: Option<(NodeId, &OsStr)>) -> io::Result<Entry> {
         let st = sys::fstat(fd.as_fd())?;
-        let inode = self.inodes.remember(fd, &st);
+        let inode = self.inodes.remember(fd, &st, found_as);
         Ok(Entry { inode, st })
+    }
+
+    /// Blocks until the inode table needs relief; see [`InodeTable`].
+    pub fn wait_for_eviction_candidates(&self) -> Vec<crate::inode::EvictionHint> {
+        self.inodes.wait_for_eviction_candidates()
     }
 
     pub fn lookup(&self, parent: NodeId, name: &OsStr) -> io::Result<Entry> {
@@ -205,7 +223,8 @@ impl Fs {
             b".." if parent.id == ROOT_ID => self.add_lookup(parent),
             b".." => {
                 let fd = sys::openat(Some(parent.fd()), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-                self.remember(fd)
+                // No eviction hint: ".." is not a name the directory's parent knows.
+                self.remember(fd, None)
             }
             _ => self.lookup_component(&parent, &component(name)?),
         }
@@ -218,7 +237,36 @@ impl Fs {
     }
 
     pub fn forget(&self, id: NodeId, count: u64) {
-        self.inodes.forget(id, count);
+        if self.inodes.forget(id, count) && self.orphans.lock().remove(&id) {
+            self.orphans_released.notify_all();
+        }
+    }
+
+    /// Runs an operation that allocates space; on ENOSPC, when files deleted through the
+    /// mount still await their FORGET (the kernel sends it just after the unlink reply),
+    /// waits briefly for their space and tries once more. Natively, unlink frees at once.
+    fn allocating<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                let mut orphans = self.orphans.lock();
+                if orphans.is_empty() {
+                    return Err(e);
+                }
+                let deadline = std::time::Instant::now() + ORPHAN_WAIT;
+                while !orphans.is_empty() {
+                    if self
+                        .orphans_released
+                        .wait_until(&mut orphans, deadline)
+                        .timed_out()
+                    {
+                        break;
+                    }
+                }
+                drop(orphans);
+                op()
+            }
+            other => other,
+        }
     }
 
     pub fn getattr(&self, id: NodeId) -> io::Result<libc::stat> {
@@ -235,6 +283,18 @@ impl Fs {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
         let proc_path = sys::proc_fd_path(inode.fd());
+        // With HANDLE_KILLPRIV_V2 the kernel asks the daemon to clear set-id bits after an
+        // unprivileged write (e.g. through kernel passthrough) with a SETATTR that changes
+        // nothing else; the flag itself is not passed on by fuser.
+        let nothing_else = change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.size.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if nothing_else && !caller.may_keep_setid() {
+            drop_setid_bits(&inode)?;
+        }
         if let Some(mode) = change.mode {
             sys::chmod(&proc_path, mode & 0o7777)?;
         }
@@ -374,7 +434,15 @@ impl Fs {
 
     pub fn unlink(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
         let parent = self.inodes.get(parent)?;
-        sys::unlinkat(parent.fd(), &component(name)?, 0)
+        let name = component(name)?;
+        let doomed = sys::fstatat(parent.fd(), &name, libc::AT_SYMLINK_NOFOLLOW).ok();
+        sys::unlinkat(parent.fd(), &name, 0)?;
+        if let Some(st) = doomed.filter(|st| st.st_nlink == 1)
+            && let Some(id) = self.inodes.known_id(&st)
+        {
+            self.orphans.lock().insert(id);
+        }
+        Ok(())
     }
 
     pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
@@ -454,7 +522,8 @@ impl Fs {
         // The O_PATH descriptor comes from the open file itself, so a concurrent rename of
         // `name` cannot make the inode differ from the handle.
         let path_fd = sys::openat(None, &sys::proc_fd_path(fd.as_fd()), libc::O_PATH, 0)?;
-        let mut entry = self.remember(path_fd)?;
+        let found_as = (parent.id, OsStr::from_bytes(name.as_bytes()));
+        let mut entry = self.remember(path_fd, Some(found_as))?;
         if let Err(err) = self.give_to_caller(&parent, &mut entry, caller) {
             self.inodes.forget(entry.inode.id, 1);
             return Err(err);
@@ -480,7 +549,7 @@ impl Fs {
     /// it for writers without CAP_FSETID).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: bool) -> io::Result<usize> {
         let handle = self.handles.get(fh)?;
-        let n = sys::pwrite(handle.fd(), data, offset)?;
+        let n = self.allocating(|| sys::pwrite(handle.fd(), data, offset))?;
         if drop_setid {
             drop_setid_bits(&handle.inode)?;
         }
@@ -497,7 +566,8 @@ impl Fs {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
-        sys::fallocate(self.handles.get(fh)?.fd(), mode, offset, len)
+        let handle = self.handles.get(fh)?;
+        self.allocating(|| sys::fallocate(handle.fd(), mode, offset, len))
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
@@ -514,7 +584,9 @@ impl Fs {
     ) -> io::Result<u64> {
         let src = self.handles.get(fh_in)?;
         let dst = self.handles.get(fh_out)?;
-        copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
+        self.allocating(|| {
+            copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
+        })
     }
 
     /// Lists the directory of handle `fh` from `offset` (0, or a `next_offset` returned
@@ -730,7 +802,7 @@ mod tests {
     fn fs_over(dir: &Path) -> Fs {
         let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
         let root = sys::openat(None, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        Fs::new(root).unwrap()
+        Fs::new(root, 1 << 20).unwrap()
     }
 
     fn os(s: &str) -> &OsStr {

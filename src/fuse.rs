@@ -27,6 +27,7 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseFs {
     pub fs: Arc<Fs>,
     cache: Cache,
+    acl: bool,
     /// Whether opens register the backing file for kernel passthrough. Cleared when the
     /// kernel refuses (e.g. without CAP_SYS_ADMIN), so later opens stop trying.
     passthrough: Arc<AtomicBool>,
@@ -97,10 +98,11 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<Fs>, cache: Cache, passthrough: Arc<AtomicBool>) -> Self {
+    pub fn new(fs: Arc<Fs>, cache: Cache, acl: bool, passthrough: Arc<AtomicBool>) -> Self {
         FuseFs {
             fs,
             cache,
+            acl,
             passthrough,
         }
     }
@@ -174,6 +176,11 @@ impl Filesystem for FuseFs {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks {cap:?}");
             }
+        }
+        // The kernel caches and enforces ACLs (it still strips the umask from new modes, so a
+        // default ACL can only narrow what the caller's umask allowed).
+        if self.acl && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
+            log::info!("kernel lacks FUSE_POSIX_ACL; ACLs are stored but not enforced");
         }
         if self.cache == Cache::Auto {
             let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);

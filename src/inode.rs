@@ -21,16 +21,25 @@
 //! table and its descriptor closes once the last in-flight request drops its `Arc`. The
 //! root is never removed.
 //!
+//! # Descriptor pressure
+//! Every inode costs a descriptor, and the kernel keeps inodes as long as memory allows.
+//! When the table grows past a high watermark (a share of `RLIMIT_NOFILE`), the least
+//! recently looked-up inodes are offered to an evictor thread as `(parent, name)` hints;
+//! it asks the kernel to drop those dentries (FUSE `NOTIFY_INVAL_ENTRY`), and the kernel
+//! answers with FORGET for the inodes nothing else uses. The hint is only the last name
+//! an inode was looked up under; it is never used to reach a file.
+//!
 //! # Locking
 //! One mutex guards the table. It is never held across a system call or a reply: callers
 //! open and stat outside it, and descriptors are closed after it is released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::sys;
 
@@ -85,6 +94,10 @@ impl Inode {
 struct Slot {
     inode: Arc<Inode>,
     lookups: u64,
+    /// When the inode was last looked up (a table-wide counter).
+    last_lookup: u64,
+    /// The directory and name of the last lookup: where to ask the kernel to let go.
+    hint: Option<(NodeId, OsString)>,
 }
 
 struct Tables {
@@ -92,16 +105,31 @@ struct Tables {
     /// Ids handed out for objects that cannot use their own `st_ino`. Never shrunk.
     synthetic: HashMap<BackingKey, NodeId>,
     next_synthetic: NodeId,
+    /// Lookups in order, `(id, last_lookup)`; an entry is stale when the slot has moved
+    /// on. Compacted when it outgrows the table.
+    recency: VecDeque<(NodeId, u64)>,
+    clock: u64,
+}
+
+/// A dentry the evictor asks the kernel to drop.
+pub struct EvictionHint {
+    pub parent: NodeId,
+    pub name: OsString,
 }
 
 pub struct InodeTable {
     root_key: BackingKey,
     tables: Mutex<Tables>,
+    /// Inode count above which the evictor is woken, and down to which it evicts.
+    high_watermark: usize,
+    low_watermark: usize,
+    pressure: Condvar,
 }
 
 impl InodeTable {
-    /// Builds the table around the backing root's `O_PATH` descriptor.
-    pub fn new(root_fd: OwnedFd) -> io::Result<Self> {
+    /// Builds the table around the backing root's `O_PATH` descriptor; `max_inodes` is
+    /// how many descriptors the table may use before it asks the kernel to forget some.
+    pub fn new(root_fd: OwnedFd, max_inodes: usize) -> io::Result<Self> {
         let st = sys::fstat(root_fd.as_fd())?;
         let key = BackingKey::of(&st);
         let root = Arc::new(Inode {
@@ -117,6 +145,8 @@ impl InodeTable {
             Slot {
                 inode: root,
                 lookups: 1,
+                last_lookup: 0,
+                hint: None,
             },
         );
         Ok(InodeTable {
@@ -125,7 +155,12 @@ impl InodeTable {
                 by_id,
                 synthetic: HashMap::new(),
                 next_synthetic: SYNTHETIC_BASE,
+                recency: VecDeque::new(),
+                clock: 0,
             }),
+            high_watermark: max_inodes,
+            low_watermark: max_inodes * 3 / 4,
+            pressure: Condvar::new(),
         })
     }
 
@@ -143,18 +178,35 @@ impl InodeTable {
         self.get(ROOT_ID).expect("the root inode is never removed")
     }
 
-    /// Counts one lookup of the object `fd` refers to (stat result `st`), adding it to the
-    /// table if new. When the object is already known, `fd` is closed (after the lock is
-    /// released) and the existing inode is returned.
-    pub fn remember(&self, fd: OwnedFd, st: &libc::stat) -> Arc<Inode> {
+    /// Counts one lookup of the object `fd` refers to (stat result `st`), found under
+    /// `found_as` = (directory, name), adding it to the table if new. When the object is
+    /// already known, `fd` is closed (after the lock is released) and the existing inode
+    /// returned.
+    pub fn remember(
+        &self,
+        fd: OwnedFd,
+        st: &libc::stat,
+        found_as: Option<(NodeId, &OsStr)>,
+    ) -> Arc<Inode> {
         let key = BackingKey::of(st);
         let mut spare = None;
-        let inode = {
+        let (inode, crowded) = {
             let mut t = self.tables.lock();
             let id = self.id_for(&mut t, key);
-            match t.by_id.get_mut(&id) {
+            t.clock += 1;
+            let now = t.clock;
+            let inode = match t.by_id.get_mut(&id) {
                 Some(slot) => {
                     slot.lookups += 1;
+                    slot.last_lookup = now;
+                    if let Some((parent, name)) = found_as
+                        && slot
+                            .hint
+                            .as_ref()
+                            .is_none_or(|(p, n)| *p != parent || n != name)
+                    {
+                        slot.hint = Some((parent, name.to_owned()));
+                    }
                     spare = Some(fd);
                     slot.inode.clone()
                 }
@@ -171,14 +223,56 @@ impl InodeTable {
                         Slot {
                             inode: inode.clone(),
                             lookups: 1,
+                            last_lookup: now,
+                            hint: found_as.map(|(parent, name)| (parent, name.to_owned())),
                         },
                     );
                     inode
                 }
+            };
+            if id != ROOT_ID {
+                t.recency.push_back((id, now));
             }
+            if t.recency.len() > 2 * t.by_id.len() + 1024 {
+                compact_recency(&mut t);
+            }
+            (inode, t.by_id.len() > self.high_watermark)
         };
+        if crowded {
+            self.pressure.notify_one();
+        }
         drop(spare);
         inode
+    }
+
+    /// Blocks until the table is over its high watermark, then returns the least recently
+    /// looked-up inodes (as dentries) whose eviction brings it down to the low watermark.
+    pub fn wait_for_eviction_candidates(&self) -> Vec<EvictionHint> {
+        let mut t = self.tables.lock();
+        while t.by_id.len() <= self.high_watermark {
+            self.pressure.wait(&mut t);
+        }
+        let mut wanted = t.by_id.len() - self.low_watermark;
+        let mut hints = Vec::with_capacity(wanted);
+        while wanted > 0 {
+            let Some((id, tick)) = t.recency.pop_front() else {
+                break;
+            };
+            let Some(slot) = t.by_id.get(&id) else {
+                continue;
+            };
+            if slot.last_lookup != tick {
+                continue;
+            }
+            if let Some((parent, name)) = &slot.hint {
+                hints.push(EvictionHint {
+                    parent: *parent,
+                    name: name.clone(),
+                });
+                wanted -= 1;
+            }
+        }
+        hints
     }
 
     /// Counts one more lookup of an inode the kernel already holds (e.g. after `link`).
@@ -193,16 +287,19 @@ impl InodeTable {
                     Slot {
                         inode: inode.clone(),
                         lookups: 1,
+                        last_lookup: 0,
+                        hint: None,
                     },
                 );
             }
         }
     }
 
-    /// Subtracts `count` lookups; at zero the inode leaves the table.
-    pub fn forget(&self, id: NodeId, count: u64) {
+    /// Subtracts `count` lookups; at zero the inode leaves the table (and `true` is
+    /// returned).
+    pub fn forget(&self, id: NodeId, count: u64) -> bool {
         if id == ROOT_ID {
-            return;
+            return false;
         }
         let removed = {
             let mut t = self.tables.lock();
@@ -216,7 +313,18 @@ impl InodeTable {
             }
         };
         // The descriptor closes here, outside the lock, unless a request still uses it.
-        drop(removed);
+        removed.is_some()
+    }
+
+    /// The id the object `st` has in this table, if the kernel holds it.
+    pub fn known_id(&self, st: &libc::stat) -> Option<NodeId> {
+        let key = BackingKey::of(st);
+        let t = self.tables.lock();
+        let id = self.assigned_id(&t, key)?;
+        t.by_id
+            .get(&id)
+            .filter(|slot| slot.inode.key == key)
+            .map(|_| id)
     }
 
     /// Number of inodes in the table (the root included).
@@ -224,14 +332,19 @@ impl InodeTable {
         self.tables.lock().by_id.len()
     }
 
-    fn id_for(&self, t: &mut Tables, key: BackingKey) -> NodeId {
+    /// The id `key` has, if it has one already (derived, or synthetic and recorded).
+    fn assigned_id(&self, t: &Tables, key: BackingKey) -> Option<NodeId> {
         if key == self.root_key {
-            return ROOT_ID;
+            return Some(ROOT_ID);
         }
         if key.dev == self.root_key.dev && key.ino != ROOT_ID && key.ino < SYNTHETIC_BASE {
-            return key.ino;
+            return Some(key.ino);
         }
-        if let Some(&id) = t.synthetic.get(&key) {
+        t.synthetic.get(&key).copied()
+    }
+
+    fn id_for(&self, t: &mut Tables, key: BackingKey) -> NodeId {
+        if let Some(id) = self.assigned_id(t, key) {
             return id;
         }
         let id = t.next_synthetic;
@@ -239,6 +352,13 @@ impl InodeTable {
         t.synthetic.insert(key, id);
         id
     }
+}
+
+/// Drops stale recency entries, keeping the order of the live ones.
+fn compact_recency(t: &mut Tables) {
+    let by_id = &t.by_id;
+    t.recency
+        .retain(|(id, tick)| by_id.get(id).is_some_and(|slot| slot.last_lookup == *tick));
 }
 
 #[cfg(test)]
@@ -258,12 +378,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"x").unwrap();
         std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0).unwrap();
+        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
 
         let (fd_a, st_a) = open_path(&dir.path().join("a"));
         let (fd_b, st_b) = open_path(&dir.path().join("b"));
-        let a = table.remember(fd_a, &st_a);
-        let b = table.remember(fd_b, &st_b);
+        let a = table.remember(fd_a, &st_a, Some((ROOT_ID, OsStr::new("a"))));
+        let b = table.remember(fd_b, &st_b, Some((ROOT_ID, OsStr::new("b"))));
         assert_eq!(a.id, st_a.st_ino);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(table.count(), 2);
@@ -273,10 +393,10 @@ mod tests {
     fn forget_drops_the_inode_only_when_every_lookup_is_returned() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"x").unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0).unwrap();
+        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
         for _ in 0..3 {
             let (fd, st) = open_path(&dir.path().join("a"));
-            table.remember(fd, &st);
+            table.remember(fd, &st, Some((ROOT_ID, OsStr::new("a"))));
         }
         let id = open_path(&dir.path().join("a")).1.st_ino;
         table.forget(id, 2);
@@ -293,7 +413,7 @@ mod tests {
     #[test]
     fn root_is_one_and_foreign_keys_get_stable_synthetic_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0).unwrap();
+        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
         let mut t = table.tables.lock();
         let foreign = BackingKey {
             dev: table.root_key.dev + 1,
@@ -308,5 +428,27 @@ mod tests {
             ino: 1,
         };
         assert!(table.id_for(&mut t, one) >= SYNTHETIC_BASE);
+    }
+
+    #[test]
+    fn pressure_yields_the_least_recently_looked_up_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..10 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let table = InodeTable::new(open_path(dir.path()).0, 8).unwrap();
+        for i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 9] {
+            let name = format!("f{i}");
+            let (fd, st) = open_path(&dir.path().join(&name));
+            table.remember(fd, &st, Some((ROOT_ID, OsStr::new(&name))));
+        }
+        // 11 inodes (root included) > 8: evict down to 6, oldest first; f0 was looked up
+        // again, so it is not among the oldest.
+        let names: Vec<_> = table
+            .wait_for_eviction_candidates()
+            .into_iter()
+            .map(|h| h.name.into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["f1", "f2", "f3", "f4", "f5"]);
     }
 }

@@ -66,8 +66,42 @@ enum Command {
     },
 }
 
+/// mount(8) runs `mount.fuse.fastfs BACKING MOUNTPOINT [-sfnv] [-N NS] [-o OPTS] [-t TYPE]`
+/// for `mount -t fuse.fastfs`; turn that into fastfs's own argument order.
+fn mount_helper_args(args: Vec<String>) -> Vec<String> {
+    let mut out = vec!["fastfs".to_string()];
+    let mut positional = Vec::new();
+    let mut iter = args.into_iter().skip(1);
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "-o" => out.extend(["-o".to_string(), iter.next().unwrap_or_default()]),
+            "-t" | "-N" => {
+                iter.next();
+            }
+            "-v" => out.push("-v".into()),
+            "-f" => out.push("-f".into()),
+            // -s (sloppy) and -n (no mtab) mean nothing here.
+            "-s" | "-n" => {}
+            _ => positional.push(arg),
+        }
+    }
+    positional.reverse();
+    out.extend(positional);
+    out
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<String> = std::env::args().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cli = if invoked_as.starts_with("mount.") {
+        Cli::parse_from(mount_helper_args(args))
+    } else {
+        Cli::parse_from(args)
+    };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -89,15 +89,43 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     // Threads spawned from here on inherit the mask: only the signal thread sees them.
     sys::block_signals(&SHUTDOWN_SIGNALS)
         .map_err(|e| Error(format!("cannot block signals: {e}")))?;
-    match sys::raise_nofile_limit() {
-        Ok(limit) => log::debug!("RLIMIT_NOFILE raised to {limit}"),
-        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
-    }
+    // Every inode the kernel holds costs one O_PATH descriptor: allow as many as the
+    // kernel does (fs.nr_open), not the usual hard limit of a few thousand.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let fd_limit = match sys::raise_nofile_limit(nr_open) {
+        Ok(limit) => {
+            log::debug!("RLIMIT_NOFILE raised to {limit}");
+            limit
+        }
+        Err(e) => {
+            log::warn!("cannot raise RLIMIT_NOFILE: {e}");
+            1024
+        }
+    };
+    // Inodes may use half the descriptors; open files, directories being listed and
+    // backing ids need the rest.
+    let max_inodes = (fd_limit / 2).clamp(256, 1 << 24) as usize;
     // Modes of new files come from the request (the kernel applied the caller's umask).
     sys::set_umask(0);
 
     let backing = cstring(&config.backing)?;
     let target = cstring(&config.mountpoint)?;
+    if crate::config::is_stale_fuse_mount(&config.mountpoint) {
+        log::warn!(
+            "{} is a dead FUSE mount (its daemon was killed); detaching it",
+            config.mountpoint.display()
+        );
+        sys::umount2(&target, libc::MNT_DETACH).map_err(|e| {
+            Error(format!(
+                "cannot detach the dead mount at {}: {}",
+                config.mountpoint.display(),
+                describe_io_error(&e)
+            ))
+        })?;
+    }
     let root = sys::openat(None, &backing, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| {
         Error(format!(
             "backing directory {}: {}",
@@ -108,7 +136,8 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let root_mode = sys::fstat(root.as_fd())
         .map_err(|e| Error(format!("backing directory: {e}")))?
         .st_mode;
-    let fs = Arc::new(Fs::new(root).map_err(|e| Error(format!("backing directory: {e}")))?);
+    let fs =
+        Arc::new(Fs::new(root, max_inodes).map_err(|e| Error(format!("backing directory: {e}")))?);
 
     let dev = sys::openat(None, c"/dev/fuse", libc::O_RDWR, 0).map_err(|e| {
         Error(format!(
@@ -147,7 +176,12 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let passthrough = Arc::new(AtomicBool::new(
         config.options.passthrough != Passthrough::Off,
     ));
-    let adapter = FuseFs::new(fs.clone(), config.options.cache, passthrough.clone());
+    let adapter = FuseFs::new(
+        fs.clone(),
+        config.options.cache,
+        config.options.acl,
+        passthrough.clone(),
+    );
     let mut fuse_config = fuser::Config::default();
     fuse_config.n_threads = Some(config.options.threads);
     fuse_config.clone_fd = true;
@@ -161,6 +195,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;
 
     probe_passthrough(&probe_dev, &fs, &passthrough);
+    spawn_evictor(fs.clone(), session.notifier())?;
     drop(probe_dev);
     if config.options.passthrough == Passthrough::On && !passthrough.load(Ordering::Relaxed) {
         return Err(Error(
@@ -206,6 +241,29 @@ fn probe_passthrough(dev: &std::os::fd::OwnedFd, fs: &Fs, enabled: &AtomicBool) 
         }
         Ok(id) => log::warn!("kernel registered a directory as backing file (id {id})"),
     }
+}
+
+/// Keeps the inode table within its descriptor budget: asks the kernel to drop the
+/// dentries of the least recently used inodes, so it sends FORGET for them. Runs on its
+/// own thread because the kernel takes the parent directory's lock for the notification,
+/// which a request being served may hold.
+fn spawn_evictor(fs: Arc<Fs>, notifier: fuser::Notifier) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("fastfs-evictor".into())
+        .spawn(move || {
+            loop {
+                let hints = fs.wait_for_eviction_candidates();
+                log::debug!("asking the kernel to forget {} inodes", hints.len());
+                for hint in hints {
+                    // ENOENT: the kernel had already dropped that dentry.
+                    let _ = notifier.inval_entry(fuser::INodeNo(hint.parent), &hint.name);
+                }
+                // Let the FORGETs arrive before measuring the table again.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error(format!("cannot start the evictor thread: {e}")))
 }
 
 fn spawn_signal_thread(target: CString) -> Result<(), Error> {

@@ -378,17 +378,38 @@ pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
     unsafe { libc::umask(mask) }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// Raises `RLIMIT_NOFILE` to `wanted` (soft and hard) if privileged, else the soft limit
+/// to the hard limit; returns the new soft limit.
+pub fn raise_nofile_limit(wanted: u64) -> io::Result<u64> {
     let mut lim = MaybeUninit::<libc::rlimit>::uninit();
     // SAFETY: `lim` is valid for writes of one rlimit.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
     // SAFETY: getrlimit succeeded.
-    let mut lim = unsafe { lim.assume_init() };
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit.
-    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
-    Ok(lim.rlim_cur)
+    let current = unsafe { lim.assume_init() };
+    let raised = libc::rlimit {
+        rlim_cur: wanted.max(current.rlim_max),
+        rlim_max: wanted.max(current.rlim_max),
+    };
+    // SAFETY: `raised` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(raised.rlim_cur);
+    }
+    let soft = libc::rlimit {
+        rlim_cur: current.rlim_max,
+        ..current
+    };
+    // SAFETY: `soft` is a valid rlimit.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) })?;
+    Ok(soft.rlim_cur)
+}
+
+/// Safe wrapper for `statfs(2)`.
+pub fn statfs(path: &CStr) -> io::Result<libc::statfs> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `path` is NUL-terminated; `st` is valid for writes of one statfs.
+    check(unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded.
+    Ok(unsafe { st.assume_init() })
 }
 
 /// Safe wrapper for `mount(2)`.

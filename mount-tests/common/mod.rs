@@ -96,18 +96,26 @@ impl Mounted {
         let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
         let backing = dir.path().join("backing");
         fs::create_dir(&backing).unwrap();
-        Self::start(dir, backing, options)
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Self::start(dir, mnt, backing, options)
     }
 
     /// A fastfs over an existing directory `backing` (e.g. a loop-mounted filesystem).
     pub fn over(backing: &Path, options: &[&str]) -> Self {
         let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
-        Self::start(dir, backing.to_path_buf(), options)
-    }
-
-    fn start(dir: TempDir, backing: PathBuf, options: &[&str]) -> Self {
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).unwrap();
+        Self::start(dir, mnt, backing.to_path_buf(), options)
+    }
+
+    /// A fastfs at an existing mountpoint (e.g. one a killed daemon left behind).
+    pub fn over_at(mnt: &Path, backing: &Path, options: &[&str]) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
+        Self::start(dir, mnt.to_path_buf(), backing.to_path_buf(), options)
+    }
+
+    fn start(dir: TempDir, mnt: PathBuf, backing: PathBuf, options: &[&str]) -> Self {
         let log = dir.path().join("fastfs.log");
         let mut opts = vec![format!("passthrough={}", passthrough_mode())];
         opts.extend(options.iter().map(|s| s.to_string()));
@@ -136,7 +144,9 @@ impl Mounted {
 
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !mounted_as(&self.mnt, "fuse.fastfs") {
+        // A live mount answers opendir (never cached by the kernel); a dead one left at
+        // the same place says ENOTCONN.
+        while !(mounted_as(&self.mnt, "fuse.fastfs") && fs::read_dir(&self.mnt).is_ok()) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "fastfs exited ({status}) before mounting {}:\n{}",
@@ -200,6 +210,11 @@ impl Mounted {
         sh(&format!("kill -{signal} {pid}"));
         wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(10))
             .unwrap_or_else(|| panic!("fastfs did not exit after {signal}"))
+    }
+
+    /// Waits up to `limit` for the daemon to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        wait_exit(self.child.as_mut().unwrap(), limit)
     }
 
     /// Unmounts and waits for the daemon to exit; returns its exit status.
@@ -267,6 +282,15 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         unmount(&self.path);
+    }
+}
+
+/// Unmounts a path on drop (for mounts a test makes itself).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        unmount(&self.0);
     }
 }
 

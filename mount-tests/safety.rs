@@ -1,0 +1,415 @@
+//! Safety: permissions and ownership for other users, no escape from BACKING, hostile or
+//! failing backing directories, and faults of the daemon itself.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+/// Runs a shell script as the unprivileged user 65534 (nobody:nogroup).
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn nobody_ok(script: &str) {
+    let out = as_nobody(script);
+    assert!(
+        out.status.success(),
+        "as nobody, expected success: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn nobody_denied(script: &str, message: &str) {
+    let out = as_nobody(script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "as nobody, expected failure: {script}"
+    );
+    assert!(
+        stderr.contains(message),
+        "{script}: expected '{message}' in: {stderr}"
+    );
+}
+
+/// A mount other users may use: the test tree is world-traversable.
+fn shared_mount() -> Mounted {
+    let m = Mounted::with_options(&["allow_other"]);
+    let mut dir = m.mnt.parent().unwrap().to_path_buf();
+    for _ in 0..2 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir = dir.parent().unwrap().to_path_buf();
+    }
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    m
+}
+
+#[test]
+fn other_users_meet_the_backing_permissions_and_own_what_they_create() {
+    let m = shared_mount();
+    let mnt = m.mnt.display().to_string();
+    sh(&format!(
+        "cd {mnt} && echo secret > private && chmod 0600 private && mkdir rootdir && \
+         mkdir shared && chmod 1777 shared && echo mine > shared/roots && chmod 0666 shared/roots && \
+         mkdir sgid && chgrp 4242 sgid && chmod 2777 sgid"
+    ));
+    nobody_denied(&format!("cat {mnt}/private"), "Permission denied");
+    nobody_denied(&format!("touch {mnt}/rootdir/x"), "Permission denied");
+    nobody_denied(&format!("touch {mnt}/new-in-root"), "Permission denied");
+    nobody_ok(&format!(
+        "cd {mnt}/shared && echo hi > f && mkdir d && ln -s f l && mkfifo p && \
+         chmod 0640 f && test \"$(stat -c %u:%g f)\" = 65534:65534"
+    ));
+    for name in ["f", "d", "l", "p"] {
+        let st = fs::symlink_metadata(m.b(&format!("shared/{name}"))).unwrap();
+        assert_eq!(
+            (st.uid(), st.gid()),
+            (65534, 65534),
+            "owner of {name} in BACKING"
+        );
+    }
+    assert_eq!(fs::metadata(m.b("shared/f")).unwrap().mode() & 0o777, 0o640);
+    // Sticky directory: nobody may not remove or rename root's file there.
+    nobody_denied(
+        &format!("rm -f {mnt}/shared/roots"),
+        "Operation not permitted",
+    );
+    nobody_denied(
+        &format!("mv {mnt}/shared/roots {mnt}/shared/x"),
+        "Operation not permitted",
+    );
+    // ...but may write it (0666).
+    nobody_ok(&format!("echo more >> {mnt}/shared/roots"));
+    // chmod/chown follow the kernel's rules: own files yes, others' no, no giveaways.
+    nobody_denied(
+        &format!("chmod 0777 {mnt}/shared/roots"),
+        "Operation not permitted",
+    );
+    nobody_denied(
+        &format!("chown 0 {mnt}/shared/f"),
+        "Operation not permitted",
+    );
+    nobody_ok(&format!("chmod 0600 {mnt}/shared/f"));
+    // New objects in a setgid directory take the directory's group.
+    nobody_ok(&format!("touch {mnt}/sgid/g && mkdir {mnt}/sgid/sub"));
+    assert_eq!(fs::metadata(m.b("sgid/g")).unwrap().gid(), 4242);
+    let sub = fs::metadata(m.b("sgid/sub")).unwrap();
+    assert_eq!((sub.uid(), sub.gid()), (65534, 4242));
+    assert!(
+        sub.mode() & libc::S_ISGID != 0,
+        "setgid not inherited by a subdirectory"
+    );
+}
+
+#[test]
+fn a_write_by_another_user_clears_set_user_id() {
+    let m = shared_mount();
+    let f = m.m("suid").display().to_string();
+    sh(&format!("echo x > {f} && chmod 4777 {f}"));
+    nobody_ok(&format!("echo y >> {f}"));
+    assert_eq!(fs::metadata(m.b("suid")).unwrap().mode() & 0o7777, 0o777);
+    sh(&format!("chmod 4777 {f} && echo z >> {f}"));
+    assert_eq!(
+        fs::metadata(m.b("suid")).unwrap().mode() & 0o7777,
+        0o4777,
+        "root's write must keep set-user-id, as natively"
+    );
+    nobody_ok(&format!("truncate -s 0 {f}"));
+    assert_eq!(fs::metadata(m.b("suid")).unwrap().mode() & 0o7777, 0o777);
+}
+
+#[test]
+fn nothing_escapes_the_backing_directory() {
+    let m = Mounted::new();
+    std::os::unix::fs::symlink("/etc", m.b("etc-link")).unwrap();
+    std::os::unix::fs::symlink("../..", m.b("up-link")).unwrap();
+    // Links are returned as links.
+    assert_eq!(fs::read_link(m.m("etc-link")).unwrap(), Path::new("/etc"));
+    assert!(
+        fs::symlink_metadata(m.m("up-link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // Creating through a link to a directory outside BACKING: the kernel resolves the
+    // link in the caller's view, the daemon is asked for nothing outside.
+    assert_eq!(errno_of(fs::read_dir(m.m("etc-link/..")).map(drop)), 0);
+    // The mount root's parent is the mountpoint's parent, never BACKING's.
+    let parent = fs::metadata(m.m("..")).unwrap().ino();
+    assert_eq!(parent, fs::metadata(m.mnt.parent().unwrap()).unwrap().ino());
+    // Writing to a path through a symlinked component never reaches outside via the daemon:
+    // "etc-link/x" is resolved by the kernel to the caller's /etc/x, which we avoid here;
+    // the daemon side (names with '/' or "..") is refused in the unit tests of src/fs.rs.
+}
+
+#[test]
+fn a_directory_replaced_by_a_symlink_is_not_followed() {
+    let m = Mounted::new();
+    fs::create_dir(m.b("d")).unwrap();
+    fs::write(m.b("d/file"), b"inside").unwrap();
+    // The kernel now holds the inode of directory d (cache=always keeps the dentry).
+    assert_eq!(fs::read(m.m("d/file")).unwrap(), b"inside");
+    let outside = tempfile::tempdir_in(test_root()).unwrap();
+    fs::write(outside.path().join("file"), b"OUTSIDE").unwrap();
+    fs::rename(m.b("d"), m.b("d.moved")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), m.b("d")).unwrap();
+    // Opening d/file goes through the directory's O_PATH descriptor, not a path.
+    assert_eq!(fs::read(m.m("d/file")).unwrap(), b"inside");
+    fs::write(m.m("d/new"), b"n").unwrap();
+    assert!(m.b("d.moved/new").exists());
+    assert!(!outside.path().join("new").exists());
+}
+
+#[test]
+fn long_names_and_deep_paths_work_up_to_the_limits() {
+    let m = Mounted::new();
+    let name = "n".repeat(255);
+    fs::write(m.m(&name), b"x").unwrap();
+    assert_eq!(fs::read(m.b(&name)).unwrap(), b"x");
+    assert_eq!(
+        errno_of(fs::write(m.m(&"n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    // A path of about 4000 bytes, built one level at a time.
+    let component = "d".repeat(200);
+    let depth = 20;
+    let out = sh(&format!(
+        "cd {} && for i in $(seq {depth}); do mkdir {component} && cd {component}; done && \
+         echo deep > f && pwd | wc -c && cat f",
+        m.mnt.display()
+    ));
+    let mut lines = out.lines();
+    let path_len: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(path_len > 4000, "path only {path_len} bytes");
+    assert_eq!(lines.next(), Some("deep"));
+}
+
+#[test]
+fn backing_removed_while_mounted_gives_errors_and_unmounts_cleanly() {
+    let parent = tempfile::tempdir_in(test_root()).unwrap();
+    let backing = parent.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    fs::write(backing.join("f"), b"x").unwrap();
+    let mut m = Mounted::over(&backing, &["cache=never"]);
+    fs::remove_dir_all(&backing).unwrap();
+    assert_eq!(errno_of(fs::metadata(m.m("f"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::write(m.m("g"), b"")), libc::ENOENT);
+    assert_eq!(errno_of(fs::create_dir(m.m("d"))), libc::ENOENT);
+    assert!(fs::read_dir(&m.mnt).unwrap().next().is_none());
+    // The daemon is still there and answers.
+    assert!(m.stats()["requests"] > 0);
+    assert!(m.unmount_and_wait().success());
+}
+
+#[test]
+fn backing_lazily_unmounted_while_mounted_keeps_serving_and_unmounts_cleanly() {
+    let tmp = tempfile::tempdir_in(test_root()).unwrap();
+    let backing = tmp.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    let tmpfs = Tmpfs::on(&backing);
+    fs::write(backing.join("f"), b"kept").unwrap();
+    let mut m = Mounted::over(&backing, &["cache=never"]);
+    sh(&format!("umount -l {}", backing.display()));
+    // The daemon holds the detached filesystem open: its files stay reachable.
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"kept");
+    fs::write(m.m("g"), b"new").unwrap();
+    assert!(m.unmount_and_wait().success());
+    drop(tmpfs);
+}
+
+#[test]
+fn read_only_backing_passes_erofs_through() {
+    let tmp = tempfile::tempdir_in(test_root()).unwrap();
+    let backing = tmp.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    fs::write(backing.join("f"), b"x").unwrap();
+    sh(&format!(
+        "mount --bind {b} {b} && mount -o remount,bind,ro {b}",
+        b = backing.display()
+    ));
+    let _ro = Unmount(backing.clone());
+    let m = Mounted::over(&backing, &[]);
+    assert_eq!(errno_of(fs::write(m.m("new"), b"")), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(m.m("f"))), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(m.m("f"))),
+        libc::EROFS
+    );
+    assert_eq!(fs::read(m.m("f")).unwrap(), b"x");
+}
+
+#[test]
+fn enospc_is_reported_and_space_comes_back() {
+    let small = LoopFs::new("mkfs.ext4 -q -F -O ^has_journal", "64M");
+    let m = Mounted::over(&small.path, &[]);
+    write_random(&m.m("src"), 20);
+    let src_sum = checksum(&m.m("src"));
+    // Fill the rest: a write gets ENOSPC.
+    let dd = sh_output(&format!(
+        "dd if=/dev/zero of={} bs=1M count=64 conv=fsync",
+        m.m("fill").display()
+    ));
+    assert!(!dd.status.success());
+    assert!(
+        String::from_utf8_lossy(&dd.stderr).contains("No space left on device"),
+        "{dd:?}"
+    );
+    // So does a copy inside the mount.
+    let cp = sh_output(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("dst").display()
+    ));
+    assert!(!cp.status.success(), "cp into a full filesystem succeeded");
+    assert!(
+        String::from_utf8_lossy(&cp.stderr).contains("No space left on device"),
+        "{cp:?}"
+    );
+    assert_eq!(checksum(&m.m("src")), src_sum);
+    assert!(m.stats()["requests"] > 0, "daemon gone");
+    // Space is usable again once something is deleted.
+    fs::remove_file(m.m("dst")).ok();
+    fs::remove_file(m.m("fill")).unwrap();
+    sh(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("dst").display()
+    ));
+    assert_eq!(checksum(&m.m("dst")), src_sum);
+}
+
+#[test]
+fn umount_during_a_copy_leaves_the_source_intact() {
+    let mut m = Mounted::new();
+    fs::create_dir(m.b("tmp")).unwrap();
+    let tmpfs = Tmpfs::on(&m.b("tmp"));
+    write_random(&m.m("src"), 256);
+    let sum = checksum(&m.b("src"));
+    let mut cp = Command::new("cp")
+        .arg(m.m("src"))
+        .arg(m.m("tmp/dst"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    sh(&format!("umount -l {}", m.mnt.display()));
+    cp.wait().unwrap();
+    let status = wait_exit_of(&mut m);
+    assert!(
+        status.success(),
+        "daemon exit after umount during copy: {status}"
+    );
+    assert_eq!(checksum(&m.b("src")), sum);
+    drop(tmpfs);
+}
+
+fn wait_exit_of(m: &mut Mounted) -> std::process::ExitStatus {
+    m.wait_for_exit(Duration::from_secs(15))
+        .expect("fastfs exits after its mount is gone")
+}
+
+#[test]
+fn kill_9_mid_copy_keeps_the_source_and_synced_data_and_remount_works() {
+    let tmp = tempfile::tempdir_in(test_root()).unwrap();
+    let backing = tmp.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(backing.join("tmp")).unwrap();
+    let tmpfs = Tmpfs::on(&backing.join("tmp"));
+    let mut m = Mounted::over(&backing, &[]);
+    write_random(&m.m("src"), 256);
+    let sum = checksum(&m.b("src"));
+    fs::write(m.m("synced"), b"durable").unwrap();
+    fs::File::open(m.m("synced")).unwrap().sync_all().unwrap();
+    let mut cp = Command::new("cp")
+        .arg(m.m("src"))
+        .arg(m.m("tmp/dst"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let status = m.signal_and_wait("KILL");
+    assert!(!status.success());
+    let _ = cp.wait();
+    assert_eq!(checksum(&backing.join("src")), sum);
+    assert_eq!(fs::read(backing.join("synced")).unwrap(), b"durable");
+    // The dead mount answers ENOTCONN; a new fastfs on the same mountpoint detaches it.
+    assert_eq!(errno_of(fs::read_dir(&m.mnt)), libc::ENOTCONN);
+    let again = Mounted::over_at(&m.mnt, &backing, &[]);
+    assert_eq!(fs::read(again.m("synced")).unwrap(), b"durable");
+    assert!(
+        again.log_text().contains("dead FUSE mount"),
+        "{}",
+        again.log_text()
+    );
+    drop(again);
+    drop(m);
+    drop(tmpfs);
+}
+
+fn open_file_limit(pid: u32) -> usize {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn descriptors_return_to_the_start_after_the_kernel_forgets() {
+    let m = Mounted::new();
+    let files = 100_000;
+    sh(&format!(
+        "cd {} && for d in $(seq 100); do mkdir d$d; (cd d$d && seq -f f%g 1000 | xargs touch); done",
+        m.backing.display()
+    ));
+    let start = fd_count(m.pid());
+    let walked = sh(&format!(
+        "find {} -type f -printf x | wc -c",
+        m.mnt.display()
+    ));
+    assert_eq!(walked.trim(), files.to_string());
+    let during = fd_count(m.pid());
+    let limit = open_file_limit(m.pid());
+    // The kernel held many inodes (one descriptor each), yet never more than the daemon
+    // may open: past its budget it asks the kernel to forget the least recently used.
+    assert!(
+        during > start + 1000,
+        "walk did not hold inodes: {start} -> {during}"
+    );
+    assert!(during < limit, "{during} descriptors open, limit {limit}");
+    sh("sync; echo 2 > /proc/sys/vm/drop_caches");
+    // FORGETs arrive asynchronously; wait for them to be processed.
+    let mut after = fd_count(m.pid());
+    for _ in 0..100 {
+        if after <= start + 16 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        after = fd_count(m.pid());
+    }
+    assert!(
+        after <= start + 16,
+        "descriptors: start {start}, walk {during}, after forget {after}"
+    );
+    assert!(m.stats()["inodes"] < 100, "{:?}", m.stats());
+}
