@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod copy;
+mod deploy;
 mod load;
 mod ops;
 mod rsync;
