@@ -197,3 +197,66 @@ fn read_only_mount_refuses_writes_with_erofs() {
     );
     assert_eq!(fs::read(m.m("existing")).unwrap(), b"x");
 }
+
+#[test]
+fn bench_quick_mode_prints_a_full_table() {
+    let dir = tempfile::tempdir_in(test_root()).unwrap();
+    let out = dir.path().join("bench.md");
+    let run = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench"))
+        .args(["--quick", "--out"])
+        .arg(&out)
+        .args([
+            "--fastfs-opts",
+            &format!("passthrough={}", passthrough_mode()),
+        ])
+        .env("FASTFS_BIN", FASTFS)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "scripts/bench --quick failed:\n{}\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let table = fs::read_to_string(&out).unwrap();
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| workload"))
+        .collect();
+    for workload in [
+        "cp 32 MiB (ext4)",
+        "cp 32 MiB (XFS, reflink)",
+        "read 32 MiB cold",
+        "read 32 MiB warm",
+        "write 32 MiB + fsync",
+        "fio 4k randread",
+        "rsync -a tree",
+        "create 1000 files",
+        "stat 1000 files",
+        "unlink 1000 files",
+        "find tree",
+        "ls -lR tree",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r.contains(workload))
+            .unwrap_or_else(|| panic!("no row for {workload}:\n{table}"));
+        let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
+        assert_eq!(cells.len(), 8, "{row}");
+        for cell in &cells[1..] {
+            let v: f64 = cell
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number in {row}"));
+            assert!(v > 0.0, "{row}");
+        }
+    }
+    assert!(
+        table.contains("Daemon RSS after walking 2000 files: fastfs "),
+        "{table}"
+    );
+    assert!(table.contains("- create 1000 files: "), "{table}");
+    assert!(!is_mountpoint(Path::new("/var/tmp")), "bench left a mount");
+    let leftovers = sh("findmnt -rn -o TARGET | grep -c fastfs-bench || true");
+    assert_eq!(leftovers.trim(), "0", "bench left mounts behind");
+}

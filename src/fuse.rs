@@ -20,6 +20,7 @@ use fuser::{
 use crate::config::Cache;
 use crate::fs::{Caller, DirEntry, Entry, Fs, SetAttr, SetTime, Xattr};
 use crate::handle::Handle;
+use crate::stats::Op;
 
 /// The most a request may carry: `/proc/sys/fs/fuse/max_pages_limit` (256 pages).
 const MAX_WRITE: u32 = 1 << 20;
@@ -205,7 +206,7 @@ impl Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !self.cache.ttl().is_zero() => {
                 // A negative entry: the kernel remembers the name is absent.
@@ -219,11 +220,12 @@ impl Filesystem for FuseFs {
 
     // BATCH_FORGET: fuser's default calls this for each node (its ForgetOne is private).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        drop(self.fs.stats.request(Op::Forget));
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Getattr);
         match self.fs.getattr(ino.0) {
             Ok(st) => reply.attr(&self.cache.ttl(), &attr(ino.0, &st)),
             Err(err) => reply.error(errno(err)),
@@ -248,7 +250,7 @@ impl Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Setattr);
         let change = SetAttr {
             mode,
             uid,
@@ -264,7 +266,7 @@ impl Filesystem for FuseFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Readlink);
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
             Err(err) => reply.error(errno(err)),
@@ -281,7 +283,7 @@ impl Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Mknod);
         self.reply_entry(
             self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
             reply,
@@ -297,17 +299,17 @@ impl Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Mkdir);
         self.reply_entry(self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Unlink);
         reply_empty(self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Rmdir);
         reply_empty(self.fs.rmdir(parent.0, name), reply);
     }
 
@@ -319,7 +321,7 @@ impl Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Symlink);
         let result = self
             .fs
             .symlink(parent.0, link_name, target.as_os_str(), caller(req));
@@ -336,7 +338,7 @@ impl Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Rename);
         reply_empty(
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -352,12 +354,12 @@ impl Filesystem for FuseFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Link);
         self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Open);
         match self.fs.open(ino.0, flags.0, caller(req)) {
             Ok((fh, handle)) => {
                 match self.passthrough_id(&handle, || reply.open_backing(handle.fd())) {
@@ -380,7 +382,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Read);
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(errno(err)),
@@ -399,7 +401,7 @@ impl Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Write);
         let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(fh.0, offset, data, drop_setid) {
             Ok(n) => reply.written(n as u32),
@@ -415,7 +417,7 @@ impl Filesystem for FuseFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Flush);
         reply_empty(self.fs.flush(fh.0), reply);
     }
 
@@ -429,7 +431,7 @@ impl Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Release);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -442,12 +444,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Fsync);
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Opendir);
         match self.fs.opendir(ino.0) {
             Ok((fh, _)) => {
                 let flags = if self.cache.keep_page_cache() {
@@ -469,7 +471,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Readdir);
         let result = self.reply_dir(fh, offset, false, |e| {
             !reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), e.name)
         });
@@ -487,7 +489,7 @@ impl Filesystem for FuseFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Readdirplus);
         let ttl = self.cache.ttl();
         let result = self.reply_dir(fh, offset, true, |e| {
             let full = match &e.entry {
@@ -530,7 +532,7 @@ impl Filesystem for FuseFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Releasedir);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -543,12 +545,12 @@ impl Filesystem for FuseFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Fsyncdir);
         reply_empty(self.fs.fsyncdir(fh.0, datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Statfs);
         match self.fs.statfs(ino.0) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -574,27 +576,27 @@ impl Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Setxattr);
         reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Getxattr);
         reply_xattr(self.fs.getxattr(ino.0, name, size), reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Listxattr);
         reply_xattr(self.fs.listxattr(ino.0, size), reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Removexattr);
         reply_empty(self.fs.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Access);
         reply_empty(self.fs.access(ino.0, mask.bits()), reply);
     }
 
@@ -608,7 +610,7 @@ impl Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Create);
         match self.fs.create(parent.0, name, mode, flags, caller(req)) {
             Ok((entry, fh, handle)) => {
                 let ttl = self.cache.ttl();
@@ -645,7 +647,7 @@ impl Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Fallocate);
         reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
@@ -658,7 +660,7 @@ impl Filesystem for FuseFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::Lseek);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(err) => reply.error(errno(err)),
@@ -678,7 +680,7 @@ impl Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let _request = self.fs.stats.request();
+        let _request = self.fs.stats.request(Op::CopyFileRange);
         match self
             .fs
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)

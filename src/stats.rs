@@ -9,6 +9,83 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The virtual extended attribute on the mount root that carries the counters.
 pub const STATS_XATTR: &str = "user.fastfs.stats";
 
+/// The FUSE operations, for per-operation request counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Access,
+    Create,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
+    Forget,
+}
+
+impl Op {
+    pub const COUNT: usize = 33;
+    pub const NAMES: [&'static str; Op::COUNT] = [
+        "lookup",
+        "getattr",
+        "setattr",
+        "readlink",
+        "mknod",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "symlink",
+        "rename",
+        "link",
+        "open",
+        "read",
+        "write",
+        "flush",
+        "release",
+        "fsync",
+        "opendir",
+        "readdir",
+        "readdirplus",
+        "releasedir",
+        "fsyncdir",
+        "statfs",
+        "setxattr",
+        "getxattr",
+        "listxattr",
+        "removexattr",
+        "access",
+        "create",
+        "fallocate",
+        "lseek",
+        "copy_file_range",
+        "forget",
+    ];
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub copy_calls: AtomicU64,
@@ -18,9 +95,20 @@ pub struct Stats {
     pub write_bytes: AtomicU64,
     pub passthrough_opens: AtomicU64,
     pub requests: AtomicU64,
+    /// Requests by operation, indexed by `Op as usize`.
+    by_op: OpCounters,
     /// Requests being served right now, and the most there ever were at once.
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+}
+
+#[derive(Debug)]
+struct OpCounters([AtomicU64; Op::COUNT]);
+
+impl Default for OpCounters {
+    fn default() -> Self {
+        OpCounters(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
 }
 
 /// Counts one request as in flight until dropped.
@@ -43,6 +131,8 @@ pub struct Snapshot {
     pub passthrough_opens: u64,
     pub requests: u64,
     pub max_in_flight: u64,
+    /// Requests by operation, in the order of [`Op::NAMES`].
+    pub by_op: Vec<u64>,
     pub inodes: u64,
     pub open_handles: u64,
 }
@@ -53,8 +143,9 @@ impl Stats {
     }
 
     /// Counts a request; it stays in flight while the returned guard lives.
-    pub fn request(&self) -> InFlight<'_> {
+    pub fn request(&self, op: Op) -> InFlight<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.by_op.0[op as usize].fetch_add(1, Ordering::Relaxed);
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_in_flight.fetch_max(now, Ordering::Relaxed);
         InFlight(self)
@@ -71,6 +162,7 @@ impl Stats {
             passthrough_opens: get(&self.passthrough_opens),
             requests: get(&self.requests),
             max_in_flight: get(&self.max_in_flight),
+            by_op: self.by_op.0.iter().map(get).collect(),
             inodes: 0,
             open_handles: 0,
         }
@@ -80,6 +172,10 @@ impl Stats {
 impl Snapshot {
     /// `name value` lines, in a fixed order.
     pub fn render(&self) -> String {
+        let by_op = Op::NAMES
+            .iter()
+            .zip(&self.by_op)
+            .map(|(name, n)| format!("requests.{name} {n}\n"));
         [
             ("copy_file_range.calls", self.copy_calls),
             ("copy_file_range.offloaded_bytes", self.copy_offloaded_bytes),
@@ -94,6 +190,7 @@ impl Snapshot {
         ]
         .iter()
         .map(|(name, value)| format!("{name} {value}\n"))
+        .chain(by_op)
         .collect()
     }
 }
