@@ -64,6 +64,23 @@ fn cp_on_xfs_backing_is_a_reflink() {
 }
 
 #[test]
+fn cp_on_btrfs_backing_is_a_reflink() {
+    let btrfs = LoopFs::new("mkfs.btrfs -q -f", "512M");
+    let m = Mounted::over(&btrfs.path, &[]);
+    write_random(&m.m("src"), 32);
+    sh(&format!(
+        "cp {} {}",
+        m.m("src").display(),
+        m.m("dst").display()
+    ));
+    sh("sync");
+    assert_eq!(checksum(&m.m("dst")), checksum(&m.b("src")));
+    let extents = sh(&format!("filefrag -v {}", m.b("dst").display()));
+    assert!(extents.contains("shared"), "not shared:\n{extents}");
+    assert_eq!(m.stats()["copy_file_range.offloaded_bytes"], 32 << 20);
+}
+
+#[test]
 fn copy_between_two_backing_filesystems_falls_back_to_the_daemon() {
     let m = Mounted::new();
     fs::create_dir(m.b("tmp")).unwrap();

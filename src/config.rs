@@ -78,7 +78,10 @@ pub struct MountOptions {
     pub noexec: bool,
     pub noatime: bool,
     /// POSIX ACLs: the kernel caches and enforces them (this implies kernel permission
-    /// checks, i.e. default_permissions).
+    /// checks, i.e. default_permissions). Default: on with `allow_other`, where other
+    /// users' access must be checked; off otherwise, where only root uses the mount and
+    /// kernel permission checks would cost a GETATTR of the parent before every create
+    /// and unlink. ACL xattrs pass through either way.
     pub acl: bool,
 }
 
@@ -95,7 +98,7 @@ impl Default for MountOptions {
             dev: false,
             noexec: false,
             noatime: false,
-            acl: true,
+            acl: false,
         }
     }
 }
@@ -110,6 +113,7 @@ impl MountOptions {
     /// Parses comma-separated option lists (each `-o` argument is one list).
     pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<Self, Error> {
         let mut o = MountOptions::default();
+        let mut acl = None;
         for opt in lists.iter().flat_map(|l| l.as_ref().split(',')) {
             let (key, value) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -127,8 +131,8 @@ impl MountOptions {
                 ("nodev", None) => o.dev = false,
                 ("noexec", None) => o.noexec = true,
                 ("noatime", None) => o.noatime = true,
-                ("acl", None) => o.acl = true,
-                ("noacl", None) => o.acl = false,
+                ("acl", None) => acl = Some(true),
+                ("noacl", None) => acl = Some(false),
                 ("threads", Some(v)) => {
                     o.threads = match v.parse::<usize>() {
                         Ok(n) if (1..=64).contains(&n) => n,
@@ -171,7 +175,8 @@ impl MountOptions {
         }
         // Other users must meet the backing files' permissions, which only the kernel can
         // check for them (the daemon runs as root).
-        if o.allow_other {
+        o.acl = acl.unwrap_or(o.allow_other);
+        if o.allow_other || o.acl {
             o.default_permissions = true;
         }
         Ok(o)
@@ -274,7 +279,12 @@ mod tests {
     #[test]
     fn known_options_parse_and_allow_other_implies_default_permissions() {
         let o = MountOptions::parse(&["ro,allow_other", "threads=8,cache=never"]).unwrap();
-        assert!(o.read_only && o.allow_other && o.default_permissions);
+        assert!(o.read_only && o.allow_other && o.default_permissions && o.acl);
+        let acl = MountOptions::parse(&["acl"]).unwrap();
+        assert!(acl.acl && acl.default_permissions && !acl.allow_other);
+        let noacl = MountOptions::parse(&["allow_other,noacl"]).unwrap();
+        assert!(!noacl.acl && noacl.default_permissions);
+        assert!(!MountOptions::default().acl && !MountOptions::default().default_permissions);
         assert_eq!(o.threads, 8);
         assert_eq!(o.cache, Cache::Never);
         assert_eq!(
