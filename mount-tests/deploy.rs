@@ -66,14 +66,9 @@ fn overlayfs_with_lower_and_upper_on_fastfs() {
 #[test]
 fn container_sandbox_uses_the_mount_with_offloaded_copies() {
     let m = Mounted::with_options(&["allow_other"]);
-    let mut dir = m.mnt.parent().unwrap().to_path_buf();
-    for _ in 0..2 {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = dir.parent().unwrap().to_path_buf();
-    }
+    make_traversable(&m.mnt);
     fs::create_dir(m.b("shared")).unwrap();
     fs::set_permissions(m.b("shared"), fs::Permissions::from_mode(0o1777)).unwrap();
-    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     write_random(&m.m("image"), 32);
     let before = m.stats()["copy_file_range.offloaded_bytes"];
     // A sandbox with its own mount namespace, the mount bound in as /srv/data.
@@ -110,12 +105,7 @@ fn user_fuse_node(dir: &Path) -> PathBuf {
 #[test]
 fn rootless_mount_in_a_user_namespace() {
     let work = tempfile::tempdir_in(test_root()).unwrap();
-    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let mut up = work.path().parent().unwrap().to_path_buf();
-    for _ in 0..2 {
-        fs::set_permissions(&up, fs::Permissions::from_mode(0o755)).unwrap();
-        up = up.parent().unwrap().to_path_buf();
-    }
+    make_traversable(work.path());
     let fuse = user_fuse_node(work.path());
     let (mnt, backing) = (work.path().join("mnt"), work.path().join("backing"));
     fs::create_dir(&mnt).unwrap();
@@ -179,12 +169,7 @@ fn rootless_mount_in_a_user_namespace() {
 #[test]
 fn security_capabilities_survive_cp_preserve_all_and_acls_are_enforced() {
     let m = Mounted::with_options(&["allow_other"]);
-    let mut dir = m.mnt.parent().unwrap().to_path_buf();
-    for _ in 0..2 {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = dir.parent().unwrap().to_path_buf();
-    }
-    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    make_traversable(&m.mnt);
     let mnt = m.mnt.display().to_string();
     sh(&format!(
         "cp /bin/true {mnt}/tool && setcap cap_net_raw+ep {mnt}/tool && cp --preserve=all {mnt}/tool {mnt}/tool2"

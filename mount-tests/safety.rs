@@ -2,7 +2,7 @@
 //! failing backing directories, and faults of the daemon itself.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -50,12 +50,7 @@ fn nobody_denied(script: &str, message: &str) {
 /// A mount other users may use: the test tree is world-traversable.
 fn shared_mount() -> Mounted {
     let m = Mounted::with_options(&["allow_other"]);
-    let mut dir = m.mnt.parent().unwrap().to_path_buf();
-    for _ in 0..2 {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        dir = dir.parent().unwrap().to_path_buf();
-    }
-    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    make_traversable(&m.mnt);
     m
 }
 
@@ -300,27 +295,19 @@ fn umount_during_a_copy_leaves_the_source_intact() {
     let tmpfs = Tmpfs::on(&m.b("tmp"));
     write_random(&m.m("src"), 256);
     let sum = checksum(&m.b("src"));
-    let mut cp = Command::new("cp")
-        .arg(m.m("src"))
-        .arg(m.m("tmp/dst"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cp = spawn_cp(&m.m("src"), &m.m("tmp/dst"));
     std::thread::sleep(Duration::from_millis(50));
     sh(&format!("umount -l {}", m.mnt.display()));
     cp.wait().unwrap();
-    let status = wait_exit_of(&mut m);
+    let status = m
+        .wait_for_exit(Duration::from_secs(15))
+        .expect("fastfs exits after its mount is gone");
     assert!(
         status.success(),
         "daemon exit after umount during copy: {status}"
     );
     assert_eq!(checksum(&m.b("src")), sum);
     drop(tmpfs);
-}
-
-fn wait_exit_of(m: &mut Mounted) -> std::process::ExitStatus {
-    m.wait_for_exit(Duration::from_secs(15))
-        .expect("fastfs exits after its mount is gone")
 }
 
 #[test]
@@ -335,12 +322,7 @@ fn kill_9_mid_copy_keeps_the_source_and_synced_data_and_remount_works() {
     let sum = checksum(&m.b("src"));
     fs::write(m.m("synced"), b"durable").unwrap();
     fs::File::open(m.m("synced")).unwrap().sync_all().unwrap();
-    let mut cp = Command::new("cp")
-        .arg(m.m("src"))
-        .arg(m.m("tmp/dst"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cp = spawn_cp(&m.m("src"), &m.m("tmp/dst"));
     std::thread::sleep(Duration::from_millis(50));
     let status = m.signal_and_wait("KILL");
     assert!(!status.success());

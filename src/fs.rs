@@ -59,14 +59,14 @@ fn drop_setid_bits(inode: &Inode) -> io::Result<()> {
 }
 
 /// A timestamp in a setattr request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {
     Now,
     At(SystemTime),
 }
 
 /// The attribute changes of one setattr request; `None` leaves a field alone.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SetAttr {
     pub mode: Option<u32>,
     pub uid: Option<u32>,
@@ -282,21 +282,14 @@ impl Fs {
     ) -> io::Result<libc::stat> {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
-        let proc_path = sys::proc_fd_path(inode.fd());
         // With HANDLE_KILLPRIV_V2 the kernel asks the daemon to clear set-id bits after an
         // unprivileged write (e.g. through kernel passthrough) with a SETATTR that changes
         // nothing else; the flag itself is not passed on by fuser.
-        let nothing_else = change.mode.is_none()
-            && change.uid.is_none()
-            && change.gid.is_none()
-            && change.size.is_none()
-            && change.atime.is_none()
-            && change.mtime.is_none();
-        if nothing_else && !caller.may_keep_setid() {
+        if change == SetAttr::default() && !caller.may_keep_setid() {
             drop_setid_bits(&inode)?;
         }
         if let Some(mode) = change.mode {
-            sys::chmod(&proc_path, mode & 0o7777)?;
+            sys::chmod(&sys::proc_fd_path(inode.fd()), mode & 0o7777)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
             sys::fchown_fd(
@@ -308,7 +301,7 @@ impl Fs {
         if let Some(size) = change.size {
             match &handle {
                 Some(h) => sys::ftruncate(h.fd(), size)?,
-                None => sys::truncate(&proc_path, size)?,
+                None => sys::truncate(&sys::proc_fd_path(inode.fd()), size)?,
             }
             if change.mode.is_none() && !caller.may_keep_setid() {
                 drop_setid_bits(&inode)?;
@@ -650,14 +643,6 @@ impl Fs {
         }
     }
 
-    pub fn releasedir(&self, fh: u64) {
-        self.release(fh);
-    }
-
-    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        self.fsync(fh, datasync)
-    }
-
     pub fn statfs(&self, id: NodeId) -> io::Result<libc::statvfs> {
         sys::fstatvfs(self.inodes.get(id)?.fd())
     }
@@ -821,7 +806,7 @@ mod tests {
             true
         })
         .unwrap();
-        fs.releasedir(fh);
+        fs.release(fh);
         out.sort();
         out
     }

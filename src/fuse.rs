@@ -209,9 +209,8 @@ impl Filesystem for FuseFs {
         let _request = self.fs.stats.request(Op::Lookup);
         match self.fs.lookup(parent.0, name) {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !self.cache.ttl().is_zero() => {
-                // A negative entry: the kernel remembers the name is absent.
-                let mut none = attr(0, &crate::sys::zeroed_stat());
-                none.ino = INodeNo(0);
+                // A negative entry (node id 0): the kernel remembers the name is absent.
+                let none = attr(0, &crate::sys::zeroed_stat());
                 reply.entry(&self.cache.ttl(), &none, Generation(0));
             }
             result => self.reply_entry(result, reply),
@@ -533,7 +532,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Releasedir);
-        self.fs.releasedir(fh.0);
+        self.fs.release(fh.0);
         reply.ok();
     }
 
@@ -546,7 +545,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Fsyncdir);
-        reply_empty(self.fs.fsyncdir(fh.0, datasync), reply);
+        reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

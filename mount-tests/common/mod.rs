@@ -250,6 +250,25 @@ impl Drop for Mounted {
     }
 }
 
+/// Opens `path` and the two directories above it to every user (mode 0755), so an
+/// unprivileged user can reach a mount or directory the tests made.
+pub fn make_traversable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().take(3) {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Starts `cp SRC DST` in the background (for faults injected during a copy).
+pub fn spawn_cp(src: &Path, dst: &Path) -> Child {
+    Command::new("cp")
+        .arg(src)
+        .arg(dst)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Where tests put their directories: on the root filesystem (ext4 here), not a tmpfs.
 pub fn test_root() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mount-tests");
