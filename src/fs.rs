@@ -108,6 +108,9 @@ const STRIPPED_OPEN_FLAGS: libc::c_int = libc::O_CREAT
     | libc::O_NOFOLLOW;
 
 pub struct Fs {
+    /// The backing root's device, if it is a local disk or memory filesystem (on which a
+    /// close needs no flush request: nothing is written back or reported at close).
+    local_root_dev: Option<u64>,
     inodes: InodeTable,
     handles: HandleTable,
     pub stats: Stats,
@@ -171,7 +174,11 @@ impl Fs {
     /// at most about `max_inodes` inodes (descriptors) before asking the kernel to forget.
     pub fn new(root: OwnedFd, max_inodes: usize) -> io::Result<Self> {
         let (daemon_uid, daemon_gid) = sys::effective_ids();
+        let root_st = sys::fstat(root.as_fd())?;
+        let local_root_dev =
+            is_local_disk_fs(&sys::fstatfs(root.as_fd())?).then_some(root_st.st_dev);
         Ok(Fs {
+            local_root_dev,
             inodes: InodeTable::new(root, max_inodes)?,
             handles: HandleTable::default(),
             stats: Stats::default(),
@@ -180,6 +187,13 @@ impl Fs {
             orphans: Mutex::new(HashSet::new()),
             orphans_released: Condvar::new(),
         })
+    }
+
+    /// Whether a close of `inode` may skip the FLUSH request. Network filesystems write
+    /// back and report errors at close, so only files on the backing root's own local
+    /// filesystem qualify.
+    pub fn close_needs_no_flush(&self, inode: &Inode) -> bool {
+        self.local_root_dev == Some(inode.key.dev)
     }
 
     pub fn inode(&self, id: NodeId) -> io::Result<Arc<Inode>> {
@@ -714,6 +728,13 @@ fn sized(data: Vec<u8>, size: u32) -> io::Result<Xattr> {
     } else {
         Ok(Xattr::Data(data))
     }
+}
+
+/// ext4, XFS, btrfs, tmpfs, f2fs: local filesystems where close(2) writes nothing back.
+fn is_local_disk_fs(st: &libc::statfs) -> bool {
+    const LOCAL: [libc::__fsword_t; 5] =
+        [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0xF2F5_2010];
+    LOCAL.contains(&st.f_type)
 }
 
 fn dtype_to_mode(d_type: u8) -> libc::mode_t {

@@ -115,13 +115,18 @@ impl FuseFs {
         }
     }
 
-    /// Open flags for the kernel when the daemon serves the I/O itself.
-    fn open_flags(&self) -> FopenFlags {
-        if self.cache.keep_page_cache() {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
+    /// Open flags for the kernel: whether it may skip FLUSH at close, and (when the
+    /// daemon serves the I/O itself) whether it keeps the page cache of earlier opens.
+    /// KEEP_CACHE is never combined with passthrough (the open then fails with EIO).
+    fn open_flags(&self, handle: &Handle, passthrough: bool) -> FopenFlags {
+        let mut flags = FopenFlags::empty();
+        if self.fs.close_needs_no_flush(&handle.inode) {
+            flags |= FopenFlags::FOPEN_NOFLUSH;
         }
+        if self.cache.keep_page_cache() && !passthrough {
+            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        flags
     }
 
     /// The backing id to pass reads and writes of `handle` through, registering one with
@@ -362,8 +367,12 @@ impl Filesystem for FuseFs {
         match self.fs.open(ino.0, flags.0, caller(req)) {
             Ok((fh, handle)) => {
                 match self.passthrough_id(&handle, || reply.open_backing(handle.fd())) {
-                    Some(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
-                    None => reply.opened(FileHandle(fh), self.open_flags()),
+                    Some(id) => reply.opened_passthrough(
+                        FileHandle(fh),
+                        self.open_flags(&handle, true),
+                        &id,
+                    ),
+                    None => reply.opened(FileHandle(fh), self.open_flags(&handle, false)),
                 }
             }
             Err(err) => reply.error(errno(err)),
@@ -620,7 +629,7 @@ impl Filesystem for FuseFs {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        FopenFlags::empty(),
+                        self.open_flags(&handle, true),
                         &id,
                     ),
                     None => reply.created(
@@ -628,7 +637,7 @@ impl Filesystem for FuseFs {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        self.open_flags(),
+                        self.open_flags(&handle, false),
                     ),
                 }
             }

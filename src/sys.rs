@@ -403,6 +403,15 @@ pub fn raise_nofile_limit(wanted: u64) -> io::Result<u64> {
     Ok(soft.rlim_cur)
 }
 
+/// Safe wrapper for `fstatfs(2)` (works on `O_PATH` descriptors).
+pub fn fstatfs(fd: BorrowedFd<'_>) -> io::Result<libc::statfs> {
+    let mut st = MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is valid for writes of one statfs.
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// Safe wrapper for `statfs(2)`.
 pub fn statfs(path: &CStr) -> io::Result<libc::statfs> {
     let mut st = MaybeUninit::<libc::statfs>::uninit();
