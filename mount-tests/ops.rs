@@ -218,6 +218,16 @@ const CASES: &[(&str, Op, i32)] = &[
         libc::ENODATA,
     ),
     (
+        "access X_OK of a file without execute bits",
+        |d| sys::access(&c(&d.join("file")), libc::X_OK),
+        libc::EACCES,
+    ),
+    (
+        "access R_OK|W_OK",
+        |d| sys::access(&c(&d.join("file")), libc::R_OK | libc::W_OK),
+        0,
+    ),
+    (
         "removexattr missing",
         |d| sys::removexattr(&c(&d.join("file")), c"user.absent"),
         libc::ENODATA,

@@ -97,7 +97,7 @@ struct Slot {
     /// When the inode was last looked up (a table-wide counter).
     last_lookup: u64,
     /// The directory and name of the last lookup: where to ask the kernel to let go.
-    hint: Option<(NodeId, OsString)>,
+    hint: Option<(NodeId, Box<OsStr>)>,
 }
 
 struct Tables {
@@ -203,9 +203,9 @@ impl InodeTable {
                         && slot
                             .hint
                             .as_ref()
-                            .is_none_or(|(p, n)| *p != parent || n != name)
+                            .is_none_or(|(p, n)| *p != parent || **n != *name)
                     {
-                        slot.hint = Some((parent, name.to_owned()));
+                        slot.hint = Some((parent, name.into()));
                     }
                     spare = Some(fd);
                     slot.inode.clone()
@@ -224,7 +224,7 @@ impl InodeTable {
                             inode: inode.clone(),
                             lookups: 1,
                             last_lookup: now,
-                            hint: found_as.map(|(parent, name)| (parent, name.to_owned())),
+                            hint: found_as.map(|(parent, name)| (parent, name.into())),
                         },
                     );
                     inode
@@ -233,7 +233,7 @@ impl InodeTable {
             if id != ROOT_ID {
                 t.recency.push_back((id, now));
             }
-            if t.recency.len() > 2 * t.by_id.len() + 1024 {
+            if t.recency.len() > t.by_id.len() + t.by_id.len() / 2 + 1024 {
                 compact_recency(&mut t);
             }
             (inode, t.by_id.len() > self.high_watermark)
@@ -267,7 +267,7 @@ impl InodeTable {
             if let Some((parent, name)) = &slot.hint {
                 hints.push(EvictionHint {
                     parent: *parent,
-                    name: name.clone(),
+                    name: name.to_os_string(),
                 });
                 wanted -= 1;
             }
