@@ -256,7 +256,6 @@ fn bench_quick_mode_prints_a_full_table() {
         "{table}"
     );
     assert!(table.contains("- create 1000 files: "), "{table}");
-    assert!(!is_mountpoint(Path::new("/var/tmp")), "bench left a mount");
     let leftovers = sh("findmnt -rn -o TARGET | grep -c fastfs-bench || true");
     assert_eq!(leftovers.trim(), "0", "bench left mounts behind");
 }
