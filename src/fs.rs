@@ -200,10 +200,6 @@ impl Fs {
         self.inodes.get(id)
     }
 
-    pub fn handle(&self, fh: u64) -> io::Result<Arc<Handle>> {
-        self.handles.get(fh)
-    }
-
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             inodes: self.inodes.count() as u64,

@@ -85,10 +85,6 @@ impl Inode {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-
-    pub fn is_dir(&self) -> bool {
-        self.kind == libc::S_IFDIR
-    }
 }
 
 struct Slot {
@@ -172,10 +168,6 @@ impl InodeTable {
             .get(&id)
             .map(|slot| slot.inode.clone())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
-    }
-
-    pub fn root(&self) -> Arc<Inode> {
-        self.get(ROOT_ID).expect("the root inode is never removed")
     }
 
     /// Counts one lookup of the object `fd` refers to (stat result `st`), found under
