@@ -144,9 +144,11 @@ impl Mounted {
 
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        // A live mount answers opendir (never cached by the kernel); a dead one left at
-        // the same place says ENOTCONN.
-        while !(mounted_as(&self.mnt, "fuse.fastfs") && fs::read_dir(&self.mnt).is_ok()) {
+        // Only a live fastfs root answers the stats attribute: a dead mount left at the
+        // same place says ENOTCONN, and the plain directory under it has no such attribute
+        // (so a check cannot pass in the moment between detaching the one and mounting
+        // the other).
+        while !(mounted_as(&self.mnt, "fuse.fastfs") && fastfs::read_stats(&self.mnt).is_ok()) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
                     "fastfs exited ({status}) before mounting {}:\n{}",
