@@ -33,8 +33,9 @@ struct Cli {
     #[arg(required = true)]
     backing: Option<PathBuf>,
 
-    /// Mount options, comma-separated: ro, rw, allow_other (implies default_permissions),
-    /// default_permissions, nosuid/suid, nodev/dev, noexec, noatime, threads=N (default 4),
+    /// Mount options, comma-separated: ro, rw, allow_other (implies default_permissions
+    /// and acl), default_permissions, acl/noacl, nosuid/suid, nodev/dev, noexec, noatime,
+    /// threads=N (default 4),
     /// passthrough=auto|on|off (default auto), cache=always|auto|never (default always:
     /// only the mount changes BACKING; auto: others change it too; never: no caching).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
