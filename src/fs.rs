@@ -358,14 +358,22 @@ impl Fs {
         Ok(())
     }
 
+    /// Hands a just-created, just-counted `entry` to the caller; on failure its lookup
+    /// is returned, since the kernel will never hear of it.
+    fn hand_over(&self, parent: &Inode, mut entry: Entry, caller: Caller) -> io::Result<Entry> {
+        match self.give_to_caller(parent, &mut entry, caller) {
+            Ok(()) => Ok(entry),
+            Err(err) => {
+                self.inodes.forget(entry.inode.id, 1);
+                Err(err)
+            }
+        }
+    }
+
     /// Looks up a just-created `name` and hands it to the caller.
     fn created(&self, parent: &Inode, name: &CString, caller: Caller) -> io::Result<Entry> {
-        let mut entry = self.lookup_component(parent, name)?;
-        if let Err(err) = self.give_to_caller(parent, &mut entry, caller) {
-            self.inodes.forget(entry.inode.id, 1);
-            return Err(err);
-        }
-        Ok(entry)
+        let entry = self.lookup_component(parent, name)?;
+        self.hand_over(parent, entry, caller)
     }
 
     pub fn mkdir(
@@ -513,24 +521,20 @@ impl Fs {
     ) -> io::Result<(Entry, u64, Arc<Handle>)> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
+        // Unlike a reopen, creation honours the caller's O_EXCL.
+        let create_flags = (flags & !(STRIPPED_OPEN_FLAGS & !libc::O_EXCL)) | libc::O_CREAT;
         let fd = sys::openat(
             Some(parent.fd()),
             &name,
-            (flags & !STRIPPED_OPEN_FLAGS)
-                | (flags & libc::O_EXCL)
-                | libc::O_CREAT
-                | libc::O_NOFOLLOW,
+            create_flags | libc::O_NOFOLLOW,
             mode,
         )?;
         // The O_PATH descriptor comes from the open file itself, so a concurrent rename of
         // `name` cannot make the inode differ from the handle.
         let path_fd = sys::openat(None, &sys::proc_fd_path(fd.as_fd()), libc::O_PATH, 0)?;
         let found_as = (parent.id, OsStr::from_bytes(name.as_bytes()));
-        let mut entry = self.remember(path_fd, Some(found_as))?;
-        if let Err(err) = self.give_to_caller(&parent, &mut entry, caller) {
-            self.inodes.forget(entry.inode.id, 1);
-            return Err(err);
-        }
+        let entry = self.remember(path_fd, Some(found_as))?;
+        let entry = self.hand_over(&parent, entry, caller)?;
         let (fh, handle) = self.handles.insert(Handle::new(entry.inode.clone(), fd));
         Ok((entry, fh, handle))
     }

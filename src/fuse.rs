@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::config::Cache;
-use crate::fs::{Caller, DirEntry, Entry, Fs, SetAttr, SetTime, Xattr};
+use crate::fs::{Caller, Entry, Fs, SetAttr, SetTime, Xattr};
 use crate::handle::Handle;
 use crate::stats::Op;
 
@@ -158,13 +158,6 @@ impl FuseFs {
         self.fs.stats.count(&self.fs.stats.passthrough_opens, 1);
         Some(id)
     }
-
-    fn reply_dir<F>(&self, fh: FileHandle, offset: u64, plus: bool, mut add: F) -> io::Result<()>
-    where
-        F: FnMut(DirEntry<'_>) -> bool,
-    {
-        self.fs.readdir(fh.0, offset, plus, &mut add)
-    }
 }
 
 impl Filesystem for FuseFs {
@@ -175,7 +168,7 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
-            // The daemon clears set-id bits itself (see Fs::drop_setid_bits); in return the
+            // The daemon clears set-id bits itself (see fs::drop_setid_bits); in return the
             // kernel stops asking for security.capability before every single write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
@@ -480,7 +473,7 @@ impl Filesystem for FuseFs {
         mut reply: ReplyDirectory,
     ) {
         let _request = self.fs.stats.request(Op::Readdir);
-        let result = self.reply_dir(fh, offset, false, |e| {
+        let result = self.fs.readdir(fh.0, offset, false, &mut |e| {
             !reply.add(INodeNo(e.ino), e.next_offset, file_type(e.kind), e.name)
         });
         match result {
@@ -499,7 +492,7 @@ impl Filesystem for FuseFs {
     ) {
         let _request = self.fs.stats.request(Op::Readdirplus);
         let ttl = self.cache.ttl();
-        let result = self.reply_dir(fh, offset, true, |e| {
+        let result = self.fs.readdir(fh.0, offset, true, &mut |e| {
             let full = match &e.entry {
                 Some(entry) => reply.add(
                     INodeNo(entry.inode.id),

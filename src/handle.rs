@@ -59,7 +59,8 @@ pub struct Handle {
     file: OwnedFd,
     /// Serialises seek + getdents on a directory descriptor.
     dir_position: Mutex<()>,
-    /// Set when the kernel was told to pass reads and writes through to `file`.
+    /// The inode's shared passthrough backing id (possibly registered through another
+    /// handle's descriptor), kept alive while this handle is open.
     backing: OnceLock<Arc<BackingId>>,
 }
 

@@ -83,16 +83,18 @@ pub fn run(config: &Config, foreground: bool) -> Result<(), Error> {
                 }
                 detach_stdio();
             });
-            if let (Err(e), Some(mut tx)) = (&result, report_tx.take()) {
-                // The parent prints it; the daemon stays silent.
-                let _ = tx.write_all(e.0.as_bytes());
-                std::process::exit(1);
+            let Err(e) = result else {
+                std::process::exit(0);
+            };
+            match report_tx.take() {
+                // Not mounted yet: the parent prints the error.
+                Some(mut tx) => {
+                    let _ = tx.write_all(e.0.as_bytes());
+                }
+                // Detached already: only the log can tell.
+                None => log::error!("{e}"),
             }
-            if let Err(e) = &result {
-                log::error!("{e}");
-                std::process::exit(1);
-            }
-            std::process::exit(0);
+            std::process::exit(1);
         }
     }
 }
