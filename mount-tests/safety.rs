@@ -307,7 +307,8 @@ fn umount_during_a_copy_leaves_the_source_intact() {
         .expect("fastfs exits after its mount is gone");
     assert!(
         status.success(),
-        "daemon exit after umount during copy: {status}"
+        "daemon exit after umount during copy: {status}\n{}",
+        m.log_text()
     );
     assert_eq!(checksum(&m.b("src")), sum);
     drop(tmpfs);

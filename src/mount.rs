@@ -172,6 +172,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         target: target.clone(),
         armed: true,
     };
+    let mount_id = mount_id_at(&config.mountpoint);
 
     let passthrough = Arc::new(AtomicBool::new(
         config.options.passthrough != Passthrough::Off,
@@ -219,8 +220,69 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     on_ready();
     let result = session.run();
     // The session ends when the mount goes away (ENODEV); then there is nothing to undo.
+    // A read that fails while a lazily unmounted connection is torn down is not a failure
+    // of the mount either: once the mount has left the namespace, the user asked for it.
+    let result = match result {
+        Err(e) if mount_id.is_some_and(|id| !mount_present(id)) => {
+            log::warn!("session ended after the mount was removed: {e}");
+            Ok(())
+        }
+        other => other,
+    };
     guard.armed = result.is_err();
     result.map_err(|e| Error(format!("serving the mount failed: {e}")))
+}
+
+/// Unescapes a path field of /proc/self/mountinfo (`\040` for space, and so on).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// `(mount id, mount point)` of every mount in this namespace.
+fn mounts() -> Vec<(u64, Vec<u8>)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let mount_point = fields.nth(3)?;
+            Some((id, unescape_mountinfo(mount_point)))
+        })
+        .collect()
+}
+
+/// The id of the topmost mount at `path` (the one just made there).
+fn mount_id_at(path: &std::path::Path) -> Option<u64> {
+    let path = path.as_os_str().as_bytes();
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|(_, point)| point == path)
+        .map(|(id, _)| id)
+}
+
+fn mount_present(id: u64) -> bool {
+    mounts().iter().any(|(other, _)| *other == id)
 }
 
 /// Asks the kernel whether it will register backing files: with passthrough allowed it
@@ -288,4 +350,21 @@ fn spawn_signal_thread(target: CString) -> Result<(), Error> {
         })
         .map(drop)
         .map_err(|e| Error(format!("cannot start the signal thread: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
+        assert_eq!(unescape_mountinfo(r"/plain\09"), b"/plain\\09");
+    }
+
+    #[test]
+    fn the_root_mount_is_found() {
+        let id = mount_id_at(std::path::Path::new("/")).expect("/ is a mount point");
+        assert!(mount_present(id));
+    }
 }
