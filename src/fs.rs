@@ -214,6 +214,20 @@ impl Fs {
         self.remember(fd, Some((parent.id, OsStr::from_bytes(name.as_bytes()))))
     }
 
+    /// [`Self::lookup_component`] for a directory entry with inode number `d_ino`: one the
+    /// table already holds (listing a directory whose files were looked up or created
+    /// through the mount) costs a single `fstatat`, and no new descriptor.
+    fn lookup_listed(&self, dir: &Inode, name: &CString, d_ino: u64) -> io::Result<Entry> {
+        if self.inodes.probably_holds(d_ino) {
+            let st = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
+            let found_as = Some((dir.id, OsStr::from_bytes(name.as_bytes())));
+            if let Some(inode) = self.inodes.remember_held(&st, found_as) {
+                return Ok(Entry { inode, st });
+            }
+        }
+        self.lookup_component(dir, name)
+    }
+
     fn remember(&self, fd: OwnedFd, found_as: Option<(NodeId, &OsStr)>) -> io::Result<Entry> {
         let st = sys::fstat(fd.as_fd())?;
         let inode = self.inodes.remember(fd, &st, found_as);
@@ -621,7 +635,7 @@ impl Fs {
                 let dot = raw.name == b"." || raw.name == b"..";
                 let mut kind = dtype_to_mode(raw.d_type);
                 let entry = if plus && !dot {
-                    match self.lookup_component(&dir, &sys::cstr(name)?) {
+                    match self.lookup_listed(&dir, &sys::cstr(name)?, raw.d_ino) {
                         Ok(e) => Some(e),
                         // Gone since getdents: skip it, as a later readdir would.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,

@@ -185,55 +185,84 @@ impl InodeTable {
         let (inode, crowded) = {
             let mut t = self.tables.lock();
             let id = self.id_for(&mut t, key);
-            t.clock += 1;
-            let now = t.clock;
-            let inode = match t.by_id.get_mut(&id) {
-                Some(slot) => {
-                    slot.lookups += 1;
-                    slot.last_lookup = now;
-                    if let Some((parent, name)) = found_as
-                        && slot
-                            .hint
-                            .as_ref()
-                            .is_none_or(|(p, n)| *p != parent || **n != *name)
-                    {
-                        slot.hint = Some((parent, name.into()));
-                    }
-                    spare = Some(fd);
-                    slot.inode.clone()
-                }
-                None => {
-                    let inode = Arc::new(Inode {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = t.by_id.entry(id) {
+                vacant.insert(Slot {
+                    inode: Arc::new(Inode {
                         id,
                         key,
                         kind: st.st_mode & libc::S_IFMT,
                         fd,
                         open_state: Default::default(),
-                    });
-                    t.by_id.insert(
-                        id,
-                        Slot {
-                            inode: inode.clone(),
-                            lookups: 1,
-                            last_lookup: now,
-                            hint: found_as.map(|(parent, name)| (parent, name.into())),
-                        },
-                    );
-                    inode
-                }
-            };
-            if id != ROOT_ID {
-                t.recency.push_back((id, now));
+                    }),
+                    lookups: 0,
+                    last_lookup: 0,
+                    hint: None,
+                });
+            } else {
+                spare = Some(fd);
             }
-            if t.recency.len() > t.by_id.len() + t.by_id.len() / 2 + 1024 {
-                compact_recency(&mut t);
-            }
+            let inode = Self::count_held(&mut t, id, found_as);
             (inode, t.by_id.len() > self.high_watermark)
         };
         if crowded {
             self.pressure.notify_one();
         }
         drop(spare);
+        inode
+    }
+
+    /// Counts one lookup of the object with stat `st` if the table holds it already (found
+    /// under `found_as`), without a descriptor of it: an `O_PATH` descriptor we hold keeps
+    /// its inode number from being reused, so the key names the same object. `None` if
+    /// the object is not in the table.
+    pub fn remember_held(
+        &self,
+        st: &libc::stat,
+        found_as: Option<(NodeId, &OsStr)>,
+    ) -> Option<Arc<Inode>> {
+        let key = BackingKey::of(st);
+        let mut t = self.tables.lock();
+        let id = self.assigned_id(&t, key)?;
+        if t.by_id.get(&id).is_none_or(|slot| slot.inode.key != key) {
+            return None;
+        }
+        Some(Self::count_held(&mut t, id, found_as))
+    }
+
+    /// Whether the table probably holds the backing inode `ino` of the root's device (a
+    /// hint: `d_ino` of a mount point names the covered directory).
+    pub fn probably_holds(&self, ino: u64) -> bool {
+        let key = BackingKey {
+            dev: self.root_key.dev,
+            ino,
+        };
+        let t = self.tables.lock();
+        self.assigned_id(&t, key)
+            .is_some_and(|id| t.by_id.contains_key(&id))
+    }
+
+    /// Counts a lookup of the inode `id`, which is in the table, and notes its recency.
+    fn count_held(t: &mut Tables, id: NodeId, found_as: Option<(NodeId, &OsStr)>) -> Arc<Inode> {
+        t.clock += 1;
+        let now = t.clock;
+        let slot = t.by_id.get_mut(&id).expect("caller checked the slot");
+        slot.lookups += 1;
+        slot.last_lookup = now;
+        if let Some((parent, name)) = found_as
+            && slot
+                .hint
+                .as_ref()
+                .is_none_or(|(p, n)| *p != parent || **n != *name)
+        {
+            slot.hint = Some((parent, name.into()));
+        }
+        let inode = slot.inode.clone();
+        if id != ROOT_ID {
+            t.recency.push_back((id, now));
+        }
+        if t.recency.len() > t.by_id.len() + t.by_id.len() / 2 + 1024 {
+            compact_recency(t);
+        }
         inode
     }
 
@@ -400,6 +429,29 @@ mod tests {
         );
         table.forget(ROOT_ID, 100);
         assert!(table.get(ROOT_ID).is_ok());
+    }
+
+    #[test]
+    fn a_held_object_is_counted_without_a_descriptor_and_an_unknown_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"x").unwrap();
+        std::fs::write(dir.path().join("b"), b"x").unwrap();
+        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
+        let (fd, st) = open_path(&dir.path().join("a"));
+        let a = table.remember(fd, &st, Some((ROOT_ID, OsStr::new("a"))));
+        assert!(table.probably_holds(st.st_ino));
+
+        let again = table.remember_held(&st, Some((ROOT_ID, OsStr::new("a"))));
+        assert!(Arc::ptr_eq(&a, &again.unwrap()));
+        table.forget(a.id, 1);
+        assert!(table.get(a.id).is_ok(), "the second lookup was not counted");
+        table.forget(a.id, 1);
+        assert!(table.get(a.id).is_err());
+
+        let (_, st_b) = open_path(&dir.path().join("b"));
+        assert!(!table.probably_holds(st_b.st_ino));
+        assert!(table.remember_held(&st_b, None).is_none());
+        assert_eq!(table.count(), 1);
     }
 
     #[test]
