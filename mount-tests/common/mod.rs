@@ -249,6 +249,12 @@ impl Drop for Mounted {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A panic in a session thread ends the daemon quietly once its mount is gone;
+        // every test that mounts checks the log for one (unless it is failing already).
+        let log = self.log_text();
+        if !std::thread::panicking() && log.contains("panicked") {
+            panic!("the fastfs daemon panicked:\n{log}");
+        }
     }
 }
 
