@@ -252,9 +252,10 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        // The kernel escapes a byte as three octal digits, so the first is 0-3.
+        let octal = bytes.get(i + 1..i + 4).filter(|d| {
+            (b'0'..=b'3').contains(&d[0]) && d[1..].iter().all(|b| (b'0'..=b'7').contains(b))
+        });
         match (bytes[i], octal) {
             (b'\\', Some(d)) => {
                 out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
@@ -373,6 +374,7 @@ mod tests {
     fn mountinfo_paths_are_unescaped() {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
         assert_eq!(unescape_mountinfo(r"/plain\09"), b"/plain\\09");
+        assert_eq!(unescape_mountinfo(r"/not\777"), b"/not\\777");
     }
 
     #[test]
