@@ -44,6 +44,12 @@ pub fn copy_range(
 ) -> io::Result<u64> {
     stats.count(&stats.copy_calls, 1);
     let len = len.min(MAX_COPY_PER_REQUEST);
+    // cp advises its source as sequential, but on the FUSE file; the copy reads the
+    // daemon's own descriptor, whose readahead would otherwise stay at the default.
+    // (A cold 1 GiB copy_file_range on ext4 here: median 0.70 s without, 0.59 s with.)
+    if let Err(err) = sys::advise_sequential(src) {
+        log::debug!("posix_fadvise(SEQUENTIAL) on a copy source: {err}");
+    }
     match sys::copy_file_range(src, src_offset, dst, dst_offset, len as usize) {
         Ok(n) => {
             stats.count(&stats.copy_offloaded_bytes, n as u64);

@@ -249,6 +249,16 @@ pub fn copy_file_range(
     })
 }
 
+/// Safe wrapper for `posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL)`: doubles the
+/// readahead window of this open file.
+pub fn advise_sequential(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain integer arguments; the descriptor is borrowed for the call.
+    match unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) } {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
