@@ -372,6 +372,8 @@ fn fd_count(pid: u32) -> usize {
 
 #[test]
 fn descriptors_return_to_the_start_after_the_kernel_forgets() {
+    // Another test dropping caches during the walk would empty the kernel's inodes early.
+    let _caches = page_cache_lock();
     let m = Mounted::new();
     let files = 100_000;
     sh(&format!(
@@ -393,7 +395,7 @@ fn descriptors_return_to_the_start_after_the_kernel_forgets() {
         "walk did not hold inodes: {start} -> {during}"
     );
     assert!(during < limit, "{during} descriptors open, limit {limit}");
-    sh("sync; echo 2 > /proc/sys/vm/drop_caches");
+    sh("sync; echo 2 > /proc/sys/vm/drop_caches"); // under the lock taken above
     // FORGETs arrive asynchronously; wait for them to be processed.
     let mut after = fd_count(m.pid());
     for _ in 0..100 {

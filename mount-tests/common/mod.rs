@@ -227,6 +227,20 @@ impl Mounted {
     }
 }
 
+/// Serializes tests that drop the kernel's caches with those that need its caches kept:
+/// `echo 2 > /proc/sys/vm/drop_caches` makes the kernel forget the inodes of every mount,
+/// including another test's.
+pub fn page_cache_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Makes the kernel forget every unused inode and dentry (under [`page_cache_lock`]).
+pub fn drop_caches() {
+    let _caches = page_cache_lock();
+    sh("sync; echo 2 > /proc/sys/vm/drop_caches");
+}
+
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
