@@ -96,6 +96,15 @@ struct Slot {
     hint: Option<(NodeId, Box<OsStr>)>,
 }
 
+impl Slot {
+    fn eviction_hint(&self) -> Option<EvictionHint> {
+        self.hint.as_ref().map(|(parent, name)| EvictionHint {
+            parent: *parent,
+            name: name.to_os_string(),
+        })
+    }
+}
+
 struct Tables {
     by_id: HashMap<NodeId, Slot>,
     /// Ids handed out for objects that cannot use their own `st_ino`. Never shrunk.
@@ -275,6 +284,10 @@ impl InodeTable {
         }
         let mut wanted = t.by_id.len() - self.low_watermark;
         let mut hints = Vec::with_capacity(wanted);
+        // Dropping a directory's dentry drops every cached dentry below it, and a
+        // directory looks old even while its files are in use (path walks do not look
+        // it up again): directories go only when files alone cannot make room.
+        let mut directories = Vec::new();
         while wanted > 0 {
             let Some((id, tick)) = t.recency.pop_front() else {
                 break;
@@ -285,13 +298,22 @@ impl InodeTable {
             if slot.last_lookup != tick {
                 continue;
             }
-            if let Some((parent, name)) = &slot.hint {
-                hints.push(EvictionHint {
-                    parent: *parent,
-                    name: name.to_os_string(),
-                });
+            if slot.inode.kind == libc::S_IFDIR {
+                directories.push((id, tick));
+            } else if let Some(hint) = slot.eviction_hint() {
+                hints.push(hint);
                 wanted -= 1;
             }
+        }
+        let (taken, kept) = directories.split_at(wanted.min(directories.len()));
+        for (id, _) in taken {
+            if let Some(hint) = t.by_id.get(id).and_then(Slot::eviction_hint) {
+                hints.push(hint);
+            }
+        }
+        // Directories not needed keep their place at the front of the queue.
+        for entry in kept.iter().rev() {
+            t.recency.push_front(*entry);
         }
         hints
     }
@@ -494,5 +516,46 @@ mod tests {
             .map(|h| h.name.into_string().unwrap())
             .collect();
         assert_eq!(names, ["f1", "f2", "f3", "f4", "f5"]);
+    }
+
+    #[test]
+    fn pressure_spares_directories_while_files_can_go() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["d0", "d1"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        for i in 0..6 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
+        }
+        let table = InodeTable::new(open_path(dir.path()).0, 7).unwrap();
+        let remember = |name: &str| {
+            let (fd, st) = open_path(&dir.path().join(name));
+            table.remember(fd, &st, Some((ROOT_ID, OsStr::new(name))));
+        };
+        for name in ["d0", "d1", "f0", "f1", "f2", "f3", "f4", "f5"] {
+            remember(name);
+        }
+        // 9 inodes > 7: evict down to 5. The directories are oldest but stay.
+        let names = |hints: Vec<EvictionHint>| -> Vec<String> {
+            hints
+                .into_iter()
+                .map(|h| h.name.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            names(table.wait_for_eviction_candidates()),
+            ["f0", "f1", "f2", "f3"]
+        );
+        // When files alone cannot make room, directories go too, oldest first.
+        let small = InodeTable::new(open_path(dir.path()).0, 3).unwrap();
+        for name in ["d0", "d1", "f0", "f1"] {
+            let (fd, st) = open_path(&dir.path().join(name));
+            small.remember(fd, &st, Some((ROOT_ID, OsStr::new(name))));
+        }
+        // 5 inodes > 3: evict down to 2.
+        assert_eq!(
+            names(small.wait_for_eviction_candidates()),
+            ["f0", "f1", "d0"]
+        );
     }
 }
