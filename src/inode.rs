@@ -24,9 +24,10 @@
 //! # Descriptor pressure
 //! Every inode costs a descriptor, and the kernel keeps inodes as long as memory allows.
 //! When the table grows past a high watermark (a share of `RLIMIT_NOFILE`), the least
-//! recently looked-up inodes are offered to an evictor thread as `(parent, name)` hints;
-//! it asks the kernel to drop those dentries (FUSE `NOTIFY_INVAL_ENTRY`), and the kernel
-//! answers with FORGET for the inodes nothing else uses. The hint is only the last name
+//! recently looked-up inodes, files before directories (dropping a directory's dentry
+//! drops its whole cached subtree), are offered to an evictor thread as `(parent, name)`
+//! hints; it asks the kernel to drop those dentries (FUSE `NOTIFY_INVAL_ENTRY`), and the
+//! kernel answers with FORGET for the inodes nothing else uses. The hint is only the last name
 //! an inode was looked up under; it is never used to reach a file.
 //!
 //! # Locking
@@ -276,7 +277,8 @@ impl InodeTable {
     }
 
     /// Blocks until the table is over its high watermark, then returns the least recently
-    /// looked-up inodes (as dentries) whose eviction brings it down to the low watermark.
+    /// looked-up inodes (as dentries), files first, whose eviction brings it down to the
+    /// low watermark.
     pub fn wait_for_eviction_candidates(&self) -> Vec<EvictionHint> {
         let mut t = self.tables.lock();
         while t.by_id.len() <= self.high_watermark {
