@@ -17,14 +17,8 @@ fn cp_inside_the_mount_is_offloaded_and_identical() {
     ));
     assert_eq!(checksum(&m.b("src")), checksum(&m.b("dst")));
     assert_eq!(checksum(&m.m("dst")), checksum(&m.b("src")));
-    let stats = m.stats();
-    assert!(stats["copy_file_range.calls"] >= 1, "{stats:?}");
-    assert_eq!(
-        stats["copy_file_range.offloaded_bytes"],
-        64 << 20,
-        "{stats:?}"
-    );
-    assert_eq!(stats["copy_file_range.fallback_bytes"], 0, "{stats:?}");
+    assert!(m.stats()["copy_file_range.calls"] >= 1);
+    assert_copied(&m, 64 << 20, 0);
 }
 
 /// cp of 64 MiB inside a fastfs over a fresh `mkfs` loop filesystem: identical, its
@@ -57,13 +51,7 @@ fn assert_cp_is_a_reflink(mkfs: &str, size: &str) {
         free_before.saturating_sub(free_after) < 1024,
         "{mkfs}: free blocks dropped from {free_before} to {free_after}"
     );
-    let stats = m.stats();
-    assert_eq!(
-        stats["copy_file_range.offloaded_bytes"],
-        64 << 20,
-        "{stats:?}"
-    );
-    assert_eq!(stats["copy_file_range.fallback_bytes"], 0, "{stats:?}");
+    assert_copied(&m, 64 << 20, 0);
 }
 
 #[test]
@@ -89,13 +77,7 @@ fn copy_between_two_backing_filesystems_falls_back_to_the_daemon() {
     ));
     assert!(out.status.success(), "cp failed: {out:?}");
     assert_eq!(checksum(&m.b("tmp/dst")), checksum(&m.b("src")));
-    let stats = m.stats();
-    assert_eq!(
-        stats["copy_file_range.fallback_bytes"],
-        24 << 20,
-        "{stats:?}"
-    );
-    assert_eq!(stats["copy_file_range.offloaded_bytes"], 0, "{stats:?}");
+    assert_copied(&m, 0, 24 << 20);
     // The mount keeps offloading afterwards: the fallback never disabled copy_file_range.
     sh(&format!(
         "cp {} {}",

@@ -38,16 +38,18 @@ impl Rng {
     }
 }
 
+/// The number in the environment variable `name`, if it is set and parses.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|s| s.parse().ok())
+}
+
 fn seed() -> u64 {
-    let seed = std::env::var("FASTFS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = env_number("FASTFS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    });
     println!("seed {seed} (replay with FASTFS_SEED={seed})");
     seed
 }
@@ -220,10 +222,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn eight_workers_of_mixed_operations_match_their_model() {
-    let secs: u64 = std::env::var("FASTFS_STRESS_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let secs: u64 = env_number("FASTFS_STRESS_SECS").unwrap_or(30);
     let m = Mounted::new();
     let seed = seed();
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -313,10 +312,7 @@ impl Drop for Mapping {
 
 #[test]
 fn random_file_operations_match_an_in_memory_model() {
-    let ops: usize = std::env::var("FASTFS_FSX_OPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4000);
+    let ops: usize = env_number("FASTFS_FSX_OPS").unwrap_or(4000);
     let m = Mounted::new();
     let seed = seed();
     let mut rng = Rng::new(seed);

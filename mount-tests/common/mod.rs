@@ -372,6 +372,42 @@ pub fn write_random(path: &Path, mib: usize) {
     ));
 }
 
+/// A fresh directory `b` to use as BACKING, in a temporary directory that owns it.
+pub fn scratch_backing() -> (TempDir, PathBuf) {
+    let tmp = tempfile::tempdir_in(test_root()).expect("tempdir");
+    let backing = tmp.path().join("b");
+    fs::create_dir(&backing).unwrap();
+    (tmp, backing)
+}
+
+/// Asserts the copy counters of `m`: bytes copied by the backing filesystem and by the
+/// daemon's buffered fallback.
+pub fn assert_copied(m: &Mounted, offloaded: u64, fallback: u64) {
+    let stats = m.stats();
+    assert_eq!(
+        stats["copy_file_range.offloaded_bytes"], offloaded,
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats["copy_file_range.fallback_bytes"], fallback,
+        "{stats:?}"
+    );
+}
+
+/// Asserts that the mount refuses every kind of write with EROFS and that `existing`
+/// (a file in it) still reads `content`.
+pub fn assert_writes_refused(m: &Mounted, existing: &str, content: &[u8]) {
+    assert_eq!(errno_of(fs::write(m.m("new"), b"")), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(m.m(existing))), libc::EROFS);
+    for options in [
+        fs::OpenOptions::new().write(true).clone(),
+        fs::OpenOptions::new().append(true).clone(),
+    ] {
+        assert_eq!(errno_of(options.open(m.m(existing))), libc::EROFS);
+    }
+    assert_eq!(fs::read(m.m(existing)).unwrap(), content);
+}
+
 pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
     match r {
         Ok(_) => 0,
