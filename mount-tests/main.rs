@@ -4,6 +4,8 @@
 
 mod common;
 
+mod caller;
+
 mod cli;
 mod copy;
 mod deploy;

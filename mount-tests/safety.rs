@@ -4,48 +4,9 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-
-/// Runs a shell script as the unprivileged user 65534 (nobody:nogroup).
-fn as_nobody(script: &str) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "bash",
-            "-c",
-            script,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn nobody_ok(script: &str) {
-    let out = as_nobody(script);
-    assert!(
-        out.status.success(),
-        "as nobody, expected success: {script}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn nobody_denied(script: &str, message: &str) {
-    let out = as_nobody(script);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "as nobody, expected failure: {script}"
-    );
-    assert!(
-        stderr.contains(message),
-        "{script}: expected '{message}' in: {stderr}"
-    );
-}
 
 /// A mount other users may use: the test tree is world-traversable.
 fn shared_mount() -> Mounted {

@@ -66,8 +66,10 @@ impl Cache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
     pub read_only: bool,
+    /// Other users may use the mount. Permissions are checked either way: by the kernel
+    /// (`default_permissions` and POSIX ACLs, always on) and by the backing filesystem,
+    /// since the daemon acts as the caller.
     pub allow_other: bool,
-    pub default_permissions: bool,
     pub threads: usize,
     pub passthrough: Passthrough,
     pub cache: Cache,
@@ -77,12 +79,6 @@ pub struct MountOptions {
     pub dev: bool,
     pub noexec: bool,
     pub noatime: bool,
-    /// POSIX ACLs: the kernel caches and enforces them (this implies kernel permission
-    /// checks, i.e. default_permissions). Default: on with `allow_other`, where other
-    /// users' access must be checked; off otherwise, where only root uses the mount and
-    /// kernel permission checks would cost a GETATTR of the parent before every create
-    /// and unlink. ACL xattrs pass through either way.
-    pub acl: bool,
 }
 
 impl Default for MountOptions {
@@ -90,7 +86,6 @@ impl Default for MountOptions {
         MountOptions {
             read_only: false,
             allow_other: false,
-            default_permissions: false,
             threads: 4,
             passthrough: Passthrough::Auto,
             cache: Cache::Always,
@@ -98,7 +93,6 @@ impl Default for MountOptions {
             dev: false,
             noexec: false,
             noatime: false,
-            acl: false,
         }
     }
 }
@@ -113,7 +107,6 @@ impl MountOptions {
     /// Parses comma-separated option lists (each `-o` argument is one list).
     pub fn parse<S: AsRef<str>>(lists: &[S]) -> Result<Self, Error> {
         let mut o = MountOptions::default();
-        let mut acl = None;
         for opt in lists.iter().flat_map(|l| l.as_ref().split(',')) {
             let (key, value) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
@@ -124,15 +117,18 @@ impl MountOptions {
                 ("ro", None) => o.read_only = true,
                 ("rw", None) => o.read_only = false,
                 ("allow_other", None) => o.allow_other = true,
-                ("default_permissions", None) => o.default_permissions = true,
+                // Always on: the kernel checks permissions and ACLs for every caller.
+                ("default_permissions" | "acl", None) => {}
+                ("noacl", None) => bail!(
+                    "option 'noacl' is not supported: fastfs always enforces POSIX ACLs \
+                     (without them the kernel would let users past deny entries)"
+                ),
                 ("suid", None) => o.suid = true,
                 ("nosuid", None) => o.suid = false,
                 ("dev", None) => o.dev = true,
                 ("nodev", None) => o.dev = false,
                 ("noexec", None) => o.noexec = true,
                 ("noatime", None) => o.noatime = true,
-                ("acl", None) => acl = Some(true),
-                ("noacl", None) => acl = Some(false),
                 ("threads", Some(v)) => {
                     o.threads = match v.parse::<usize>() {
                         Ok(n) if (1..=64).contains(&n) => n,
@@ -172,12 +168,6 @@ impl MountOptions {
                 }
                 _ => bail!("unknown mount option '{opt}'"),
             }
-        }
-        // Other users must meet the backing files' permissions, which only the kernel can
-        // check for them (the daemon runs as root).
-        o.acl = acl.unwrap_or(o.allow_other);
-        if o.allow_other || o.acl {
-            o.default_permissions = true;
         }
         Ok(o)
     }
@@ -279,12 +269,11 @@ mod tests {
     #[test]
     fn known_options_parse_and_allow_other_implies_default_permissions() {
         let o = MountOptions::parse(&["ro,allow_other", "threads=8,cache=never"]).unwrap();
-        assert!(o.read_only && o.allow_other && o.default_permissions && o.acl);
-        let acl = MountOptions::parse(&["acl"]).unwrap();
-        assert!(acl.acl && acl.default_permissions && !acl.allow_other);
-        let noacl = MountOptions::parse(&["allow_other,noacl"]).unwrap();
-        assert!(!noacl.acl && noacl.default_permissions);
-        assert!(!MountOptions::default().acl && !MountOptions::default().default_permissions);
+        assert!(o.read_only && o.allow_other);
+        assert_eq!(
+            MountOptions::parse(&["acl,default_permissions"]).unwrap(),
+            MountOptions::default()
+        );
         assert_eq!(o.threads, 8);
         assert_eq!(o.cache, Cache::Never);
         assert_eq!(
@@ -306,6 +295,7 @@ mod tests {
         assert!(err(&["threads"]).contains("needs a value"));
         assert!(err(&["ro=1"]).contains("takes no value"));
         assert!(err(&["cache=sometimes"]).contains("cache"));
+        assert!(err(&["allow_other,noacl"]).contains("always enforces POSIX ACLs"));
     }
 
     #[test]

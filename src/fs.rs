@@ -5,17 +5,19 @@
 //! the mount reaches outside BACKING and no symlink is ever followed by the daemon.
 //! Errors carry the backing call's errno unchanged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::copy;
+pub use crate::creds::Caller;
+use crate::creds::Credentials;
 use crate::handle::{Handle, HandleTable};
 use crate::inode::{Inode, InodeTable, NodeId, ROOT_ID};
 use crate::stats::{STATS_XATTR, Snapshot, Stats};
@@ -28,41 +30,15 @@ pub struct Entry {
     pub st: libc::stat,
 }
 
-/// Who made a request, as the kernel reports it.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl Caller {
-    /// Whether a write or truncate by this caller leaves set-user/group-id bits alone, as
-    /// the kernel does for holders of CAP_FSETID (approximated here as root).
-    fn may_keep_setid(self) -> bool {
-        self.uid == 0
-    }
-}
-
-/// Clears set-user-id, and set-group-id where group execute is set, as a write by an
-/// unprivileged user must (the daemon writes as root, so the backing would not).
-fn drop_setid_bits(inode: &Inode) -> io::Result<()> {
-    let st = sys::fstat(inode.fd())?;
-    let mut mode = st.st_mode & 0o7777;
-    mode &= !libc::S_ISUID;
-    if mode & libc::S_IXGRP != 0 {
-        mode &= !libc::S_ISGID;
-    }
-    if mode != st.st_mode & 0o7777 && inode.kind == libc::S_IFREG {
-        sys::chmod(&sys::proc_fd_path(inode.fd()), mode)?;
-    }
-    Ok(())
-}
-
 /// A timestamp in a setattr request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {
     Now,
-    At(SystemTime),
+    /// Seconds since the epoch (negative before it) and nanoseconds (0..1e9) to add.
+    At {
+        sec: i64,
+        nsec: u32,
+    },
 }
 
 /// The attribute changes of one setattr request; `None` leaves a field alone.
@@ -74,6 +50,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// The kernel asks to drop set-user-id, set-group-id and file capabilities, as a
+    /// write by the caller or `chown(f, -1, -1)` does natively (FUSE_HANDLE_KILLPRIV_V2).
+    pub kill_privileges: bool,
 }
 
 /// An extended attribute value, or only its size when the caller asked for that.
@@ -114,12 +93,42 @@ pub struct Fs {
     inodes: InodeTable,
     handles: HandleTable,
     pub stats: Stats,
-    daemon_uid: u32,
-    daemon_gid: u32,
+    /// Who the daemon is, and how it acts as a caller.
+    creds: Credentials,
+    /// CREATEs answered with ESTALE, which the kernel retries once.
+    stale_creates: StaleCreates,
     /// Inodes unlinked through the mount whose last name is gone but whose FORGET has not
     /// arrived yet: our `O_PATH` descriptor still pins their blocks.
     orphans: Mutex<HashSet<NodeId>>,
     orphans_released: Condvar,
+}
+
+/// CREATE requests answered with ESTALE (an existing name the caller may not open), so
+/// that the kernel's retry of the same open is recognised and answered with the refusal.
+#[derive(Default)]
+struct StaleCreates(Mutex<HashMap<(NodeId, CString, u32), Instant>>);
+
+impl StaleCreates {
+    /// How long the kernel's retry may take to arrive.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// Whether `name` in `parent` was answered ESTALE for thread `pid` just before (the
+    /// record is consumed); if not, records it.
+    fn retried(&self, parent: NodeId, name: &CString, pid: u32) -> bool {
+        let now = Instant::now();
+        let mut recent = self.0.lock();
+        if recent
+            .remove(&(parent, name.clone(), pid))
+            .is_some_and(|at| now.duration_since(at) < Self::WINDOW)
+        {
+            return true;
+        }
+        if recent.len() >= 1024 {
+            recent.retain(|_, at| now.duration_since(*at) < Self::WINDOW);
+        }
+        recent.insert((parent, name.clone(), pid), now);
+        false
+    }
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
@@ -139,41 +148,18 @@ fn component(name: &OsStr) -> io::Result<CString> {
 }
 
 fn timespec(time: Option<SetTime>) -> libc::timespec {
-    match time {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(SetTime::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(SetTime::At(t)) => {
-            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
-                Err(before) => {
-                    let d = before.duration();
-                    let nanos = d.subsec_nanos() as i64;
-                    if nanos == 0 {
-                        (-(d.as_secs() as i64), 0)
-                    } else {
-                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - nanos)
-                    }
-                }
-            };
-            libc::timespec {
-                tv_sec: sec,
-                tv_nsec: nsec,
-            }
-        }
-    }
+    let (tv_sec, tv_nsec) = match time {
+        None => (0, libc::UTIME_OMIT),
+        Some(SetTime::Now) => (0, libc::UTIME_NOW),
+        Some(SetTime::At { sec, nsec }) => (sec, i64::from(nsec)),
+    };
+    libc::timespec { tv_sec, tv_nsec }
 }
 
 impl Fs {
     /// A filesystem over the directory `root` (an `O_PATH` descriptor of it) that keeps
     /// at most about `max_inodes` inodes (descriptors) before asking the kernel to forget.
     pub fn new(root: OwnedFd, max_inodes: usize) -> io::Result<Self> {
-        let (daemon_uid, daemon_gid) = sys::effective_ids();
         let root_st = sys::fstat(root.as_fd())?;
         let local_root_dev =
             is_local_disk_fs(&sys::fstatfs(root.as_fd())?).then_some(root_st.st_dev);
@@ -182,8 +168,8 @@ impl Fs {
             inodes: InodeTable::new(root, max_inodes)?,
             handles: HandleTable::default(),
             stats: Stats::default(),
-            daemon_uid,
-            daemon_gid,
+            creds: Credentials::of_daemon()?,
+            stale_creates: StaleCreates::default(),
             orphans: Mutex::new(HashSet::new()),
             orphans_released: Condvar::new(),
         })
@@ -196,6 +182,18 @@ impl Fs {
         self.local_root_dev == Some(inode.key.dev)
     }
 
+    /// Runs `register` (the kernel passthrough registration of a backing file) as
+    /// `caller`: writes through that backing file run with the registering thread's
+    /// credentials.
+    pub fn as_registrant<T>(
+        &self,
+        caller: &Caller,
+        register: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let _as = self.creds.act_as_registrant(caller)?;
+        register()
+    }
+
     pub fn inode(&self, id: NodeId) -> io::Result<Arc<Inode>> {
         self.inodes.get(id)
     }
@@ -204,11 +202,13 @@ impl Fs {
         Snapshot {
             inodes: self.inodes.count() as u64,
             open_handles: self.handles.count() as u64,
+            credential_switches: self.creds.switches(),
             ..self.stats.snapshot()
         }
     }
 
     /// Opens `name` in `parent` as `O_PATH` without following it, and counts a lookup.
+    /// (Run as the caller, the open needs the caller's search permission on `parent`.)
     fn lookup_component(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
         let fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
         self.remember(fd, Some((parent.id, OsStr::from_bytes(name.as_bytes()))))
@@ -239,8 +239,9 @@ impl Fs {
         self.inodes.wait_for_eviction_candidates()
     }
 
-    pub fn lookup(&self, parent: NodeId, name: &OsStr) -> io::Result<Entry> {
+    pub fn lookup(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<Entry> {
         let parent = self.inodes.get(parent)?;
+        let _as = self.creds.act_as(caller)?;
         match name.as_bytes() {
             b"." => self.add_lookup(parent),
             // The root's parent is outside BACKING: the mount root is its own parent.
@@ -302,16 +303,18 @@ impl Fs {
         id: NodeId,
         fh: Option<u64>,
         change: SetAttr,
-        caller: Caller,
+        caller: &Caller,
     ) -> io::Result<libc::stat> {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
-        // With HANDLE_KILLPRIV_V2 the kernel asks the daemon to clear set-id bits after an
-        // unprivileged write (e.g. through kernel passthrough) with a SETATTR that changes
-        // nothing else; the flag itself is not passed on by fuser.
-        if change == SetAttr::default() && !caller.may_keep_setid() {
-            drop_setid_bits(&inode)?;
+        if change.kill_privileges {
+            self.kill_privileges(&inode, caller)?;
         }
+        // As the caller, the backing filesystem applies its own rules: only the owner
+        // may chmod or set times, chgrp only to the owner's groups, set-gid is dropped by
+        // a chmod from outside the group, truncation needs write access and drops set-id
+        // bits for the unprivileged.
+        let _as = self.creds.act_as(caller)?;
         if let Some(mode) = change.mode {
             sys::chmod(&sys::proc_fd_path(inode.fd()), mode & 0o7777)?;
         }
@@ -327,9 +330,6 @@ impl Fs {
                 Some(h) => sys::ftruncate(h.fd(), size)?,
                 None => sys::truncate(&sys::proc_fd_path(inode.fd()), size)?,
             }
-            if change.mode.is_none() && !caller.may_keep_setid() {
-                drop_setid_bits(&inode)?;
-            }
         }
         if change.atime.is_some() || change.mtime.is_some() {
             sys::futimens_fd(
@@ -340,54 +340,60 @@ impl Fs {
         sys::fstat(inode.fd())
     }
 
+    /// Drops set-user-id, set-group-id and file capabilities of `inode` for `caller`, as
+    /// the kernel asks after the caller's write (through kernel passthrough, the backing
+    /// write itself runs with the credentials of the handle that registered it) and on
+    /// `chown(f, -1, -1)`.
+    ///
+    /// `chown(f, -1, -1)` as the caller does exactly that natively, for the owner and for
+    /// root. Anyone may send this request (`chown(f, -1, -1)` of another user's set-uid
+    /// file reaches the daemon as the same empty SETATTR), so when the caller is not the
+    /// owner the daemon drops the bits itself only if the caller may write the file:
+    /// natively its next write would drop them anyway.
+    fn kill_privileges(&self, inode: &Inode, caller: &Caller) -> io::Result<()> {
+        let as_caller = {
+            let _as = self.creds.act_as(caller)?;
+            match sys::fchown_fd(inode.fd(), u32::MAX, u32::MAX) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    Some(sys::access_as_effective(inode.fd(), libc::W_OK).map_err(|_| e))
+                }
+                other => {
+                    other?;
+                    None
+                }
+            }
+        };
+        let Some(may_write) = as_caller else {
+            return Ok(());
+        };
+        may_write?;
+        // A writer who is not the owner: what a write of theirs drops natively
+        // (setattr_should_drop_suidgid): set-uid always, set-gid with group execute or
+        // when the writer is outside the file's group.
+        let in_group = |gid| self.creds.in_group(caller, gid);
+        let _daemon = self.creds.as_daemon()?;
+        let st = sys::fstat(inode.fd())?;
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 || !in_group(st.st_gid) {
+            mode &= !libc::S_ISGID;
+        }
+        if inode.kind == libc::S_IFREG && mode != st.st_mode & 0o7777 {
+            sys::chmod(&sys::proc_fd_path(inode.fd()), mode)?;
+        }
+        match sys::removexattr(&sys::proc_fd_path(inode.fd()), c"security.capability") {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub fn readlink(&self, id: NodeId) -> io::Result<Vec<u8>> {
         sys::readlink_fd(self.inodes.get(id)?.fd())
     }
 
-    /// Makes a new object owned by the requesting user, as it would be natively. The daemon
-    /// creates as itself (root), so the kernel's setgid-directory rule already chose the
-    /// group when the parent is setgid; otherwise the caller's group is used. The object is
-    /// created with the caller's mode, so nobody else can open it before the chown.
-    fn give_to_caller(&self, parent: &Inode, entry: &mut Entry, caller: Caller) -> io::Result<()> {
-        if self.daemon_uid != 0 || (caller.uid == self.daemon_uid && caller.gid == self.daemon_gid)
-        {
-            return Ok(());
-        }
-        let parent_st = sys::fstat(parent.fd())?;
-        let gid = if parent_st.st_mode & libc::S_ISGID != 0 {
-            u32::MAX
-        } else {
-            caller.gid
-        };
-        sys::fchown_fd(entry.inode.fd(), caller.uid, gid)?;
-        // chown clears set-id bits of non-directories; put back what the caller asked for.
-        let setid = entry.st.st_mode & (libc::S_ISUID | libc::S_ISGID);
-        if setid != 0 && entry.inode.kind != libc::S_IFDIR && entry.inode.kind != libc::S_IFLNK {
-            sys::chmod(
-                &sys::proc_fd_path(entry.inode.fd()),
-                entry.st.st_mode & 0o7777,
-            )?;
-        }
-        entry.st = sys::fstat(entry.inode.fd())?;
-        Ok(())
-    }
-
-    /// Hands a just-created, just-counted `entry` to the caller; on failure its lookup
-    /// is returned, since the kernel will never hear of it.
-    fn hand_over(&self, parent: &Inode, mut entry: Entry, caller: Caller) -> io::Result<Entry> {
-        match self.give_to_caller(parent, &mut entry, caller) {
-            Ok(()) => Ok(entry),
-            Err(err) => {
-                self.inodes.forget(entry.inode.id, 1);
-                Err(err)
-            }
-        }
-    }
-
-    /// Looks up a just-created `name` and hands it to the caller.
-    fn created(&self, parent: &Inode, name: &CString, caller: Caller) -> io::Result<Entry> {
-        let entry = self.lookup_component(parent, name)?;
-        self.hand_over(parent, entry, caller)
+    /// Counts a lookup of the `name` just created in `parent` (by the caller, who owns it).
+    fn created(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
+        self.lookup_component(parent, name)
     }
 
     pub fn mkdir(
@@ -395,12 +401,14 @@ impl Fs {
         parent: NodeId,
         name: &OsStr,
         mode: u32,
-        caller: Caller,
+        umask: u32,
+        caller: &Caller,
     ) -> io::Result<Entry> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
+        let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mkdirat(parent.fd(), &name, mode)?;
-        self.created(&parent, &name, caller)
+        self.created(&parent, &name)
     }
 
     pub fn mknod(
@@ -408,13 +416,15 @@ impl Fs {
         parent: NodeId,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         rdev: u32,
-        caller: Caller,
+        caller: &Caller,
     ) -> io::Result<Entry> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
+        let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mknodat(parent.fd(), &name, mode, libc::dev_t::from(rdev))?;
-        self.created(&parent, &name, caller)
+        self.created(&parent, &name)
     }
 
     pub fn symlink(
@@ -422,19 +432,28 @@ impl Fs {
         parent: NodeId,
         name: &OsStr,
         target: &OsStr,
-        caller: Caller,
+        caller: &Caller,
     ) -> io::Result<Entry> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
+        let _as = self.creds.act_as(caller)?;
         sys::symlinkat(&sys::cstr(target)?, parent.fd(), &name)?;
-        self.created(&parent, &name, caller)
+        self.created(&parent, &name)
     }
 
-    pub fn link(&self, id: NodeId, new_parent: NodeId, new_name: &OsStr) -> io::Result<Entry> {
+    pub fn link(
+        &self,
+        id: NodeId,
+        new_parent: NodeId,
+        new_name: &OsStr,
+        caller: &Caller,
+    ) -> io::Result<Entry> {
         let inode = self.inodes.get(id)?;
         let new_parent = self.inodes.get(new_parent)?;
         let new_name = component(new_name)?;
-        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc.
+        let _as = self.creds.act_as(caller)?;
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc (where
+        // the kernel applies protected_hardlinks to the caller, as natively).
         let linked = sys::linkat(
             Some(inode.fd()),
             c"",
@@ -457,9 +476,10 @@ impl Fs {
         self.add_lookup(inode)
     }
 
-    pub fn unlink(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
+    pub fn unlink(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
+        let _as = self.creds.act_as(caller)?;
         let doomed = sys::fstatat(parent.fd(), &name, libc::AT_SYMLINK_NOFOLLOW).ok();
         sys::unlinkat(parent.fd(), &name, 0)?;
         if let Some(st) = doomed.filter(|st| st.st_nlink == 1)
@@ -470,8 +490,9 @@ impl Fs {
         Ok(())
     }
 
-    pub fn rmdir(&self, parent: NodeId, name: &OsStr) -> io::Result<()> {
+    pub fn rmdir(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         let parent = self.inodes.get(parent)?;
+        let _as = self.creds.act_as(caller)?;
         sys::unlinkat(parent.fd(), &component(name)?, libc::AT_REMOVEDIR)
     }
 
@@ -483,9 +504,11 @@ impl Fs {
         new_parent: NodeId,
         new_name: &OsStr,
         flags: u32,
+        caller: &Caller,
     ) -> io::Result<()> {
         let parent = self.inodes.get(parent)?;
         let new_parent = self.inodes.get(new_parent)?;
+        let _as = self.creds.act_as(caller)?;
         sys::renameat2(
             parent.fd(),
             &component(name)?,
@@ -506,55 +529,119 @@ impl Fs {
         )
     }
 
-    pub fn open(&self, id: NodeId, flags: i32, caller: Caller) -> io::Result<(u64, Arc<Handle>)> {
+    /// Opens `id` for the caller: the backing filesystem checks the caller's permission
+    /// against the file as it is now, whatever the kernel's cached attributes say.
+    pub fn open(&self, id: NodeId, flags: i32, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
         let inode = self.inodes.get(id)?;
         if inode.kind == libc::S_IFLNK {
             return Err(errno(libc::ELOOP));
         }
-        let fd = self.reopen(&inode, flags)?;
-        if flags & libc::O_TRUNC != 0 && !caller.may_keep_setid() {
-            drop_setid_bits(&inode)?;
-        }
+        let fd = {
+            let _as = self.creds.act_as(caller)?;
+            self.reopen(&inode, flags)?
+        };
         Ok(self.handles.insert(Handle::new(inode, fd)))
     }
 
-    pub fn opendir(&self, id: NodeId) -> io::Result<(u64, Arc<Handle>)> {
+    pub fn opendir(&self, id: NodeId, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
         let inode = self.inodes.get(id)?;
-        let fd = self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let fd = {
+            let _as = self.creds.act_as(caller)?;
+            self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?
+        };
         Ok(self.handles.insert(Handle::new(inode, fd)))
     }
 
-    /// Creates (or, without `O_EXCL`, opens) `name` and opens it.
+    /// Creates `name` as the caller and opens it. The backing create always uses
+    /// `O_EXCL`, so the daemon never mistakes an object someone else put at `name` for
+    /// one the caller created.
+    ///
+    /// When the name exists and the caller did not ask for `O_EXCL`, the kernel believed
+    /// it absent (a cached negative entry, or a race with a process working on BACKING
+    /// directly). A regular file the caller may open is opened, as `open(O_CREAT)`
+    /// natively does. Otherwise ESTALE sends the kernel to look the name up again and
+    /// open what it finds as natively (with its own permission check, following a
+    /// symlink, refusing a directory), leaving no stale negative entry behind; when that
+    /// retry meets the same refusal, the refusal is the answer.
     pub fn create(
         &self,
         parent: NodeId,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         flags: i32,
-        caller: Caller,
+        caller: &Caller,
     ) -> io::Result<(Entry, u64, Arc<Handle>)> {
         let parent = self.inodes.get(parent)?;
         let name = component(name)?;
-        // Unlike a reopen, creation honours the caller's O_EXCL.
-        let create_flags = (flags & !(STRIPPED_OPEN_FLAGS & !libc::O_EXCL)) | libc::O_CREAT;
-        let fd = sys::openat(
-            Some(parent.fd()),
-            &name,
-            create_flags | libc::O_NOFOLLOW,
-            mode,
-        )?;
-        // The O_PATH descriptor comes from the open file itself, so a concurrent rename of
-        // `name` cannot make the inode differ from the handle.
-        let path_fd = sys::openat(None, &sys::proc_fd_path(fd.as_fd()), libc::O_PATH, 0)?;
+        let _as = self.creds.act_as_creator(caller, umask)?;
+        let create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
+        let mut vanished = 0;
+        let (fd, path_fd) = loop {
+            match sys::openat(
+                Some(parent.fd()),
+                &name,
+                create_flags | libc::O_NOFOLLOW,
+                mode,
+            ) {
+                // The O_PATH descriptor comes from the open file itself, so a concurrent
+                // rename of `name` cannot make the inode differ from the handle.
+                Ok(fd) => {
+                    let path_fd =
+                        sys::openat(None, &sys::proc_fd_path(fd.as_fd()), libc::O_PATH, 0)?;
+                    break (fd, path_fd);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                    self.stats.count(&self.stats.create_found_existing, 1);
+                    match self.open_existing(&parent, &name, flags) {
+                        Ok(opened) => break opened,
+                        // Gone again: create it after all.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && vanished < 3 => {
+                            vanished += 1
+                        }
+                        Err(e) if self.stale_creates.retried(parent.id, &name, caller.pid) => {
+                            return Err(e);
+                        }
+                        Err(_) => return Err(errno(libc::ESTALE)),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let found_as = (parent.id, OsStr::from_bytes(name.as_bytes()));
         let entry = self.remember(path_fd, Some(found_as))?;
-        let entry = self.hand_over(&parent, entry, caller)?;
         let (fh, handle) = self.handles.insert(Handle::new(entry.inode.clone(), fd));
         Ok((entry, fh, handle))
     }
 
-    pub fn release(&self, fh: u64) {
+    /// Opens the regular file at `name` with `flags`, with the thread's (the caller's)
+    /// credentials; anything but a regular file is EEXIST. Returns the open and the
+    /// `O_PATH` descriptors.
+    fn open_existing(
+        &self,
+        parent: &Inode,
+        name: &CString,
+        flags: i32,
+    ) -> io::Result<(OwnedFd, OwnedFd)> {
+        let path_fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        if sys::fstat(path_fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(errno(libc::EEXIST));
+        }
+        let fd = sys::openat(
+            None,
+            &sys::proc_fd_path(path_fd.as_fd()),
+            flags & !STRIPPED_OPEN_FLAGS,
+            0,
+        )?;
+        Ok((fd, path_fd))
+    }
+
+    /// Closes handle `fh`. The last handle of an inode may hold its kernel passthrough
+    /// backing id, whose unregistration needs the daemon's CAP_SYS_ADMIN.
+    pub fn release(&self, fh: u64) -> io::Result<()> {
+        let _daemon = self.creds.as_daemon()?;
         drop(self.handles.remove(fh));
+        Ok(())
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> io::Result<Vec<u8>> {
@@ -566,14 +653,12 @@ impl Fs {
         Ok(buf)
     }
 
-    /// Writes `data`; `drop_setid` is the kernel's request to clear set-id bits (it sends
-    /// it for writers without CAP_FSETID).
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: bool) -> io::Result<usize> {
+    /// Writes `data` as the caller: the backing filesystem charges the space to the
+    /// caller's reserve and quota and drops set-id bits as for the caller's own write.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: &Caller) -> io::Result<usize> {
         let handle = self.handles.get(fh)?;
+        let _as = self.creds.act_as(caller)?;
         let n = self.allocating(|| sys::pwrite(handle.fd(), data, offset))?;
-        if drop_setid {
-            drop_setid_bits(&handle.inode)?;
-        }
         self.stats.count(&self.stats.write_bytes, n as u64);
         Ok(n)
     }
@@ -586,8 +671,16 @@ impl Fs {
         sys::fsync(self.handles.get(fh)?.fd(), datasync)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> io::Result<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: &Caller,
+    ) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
+        let _as = self.creds.act_as(caller)?;
         self.allocating(|| sys::fallocate(handle.fd(), mode, offset, len))
     }
 
@@ -602,9 +695,11 @@ impl Fs {
         fh_out: u64,
         offset_out: u64,
         len: u64,
+        caller: &Caller,
     ) -> io::Result<u64> {
         let src = self.handles.get(fh_in)?;
         let dst = self.handles.get(fh_out)?;
+        let _as = self.creds.act_as(caller)?;
         self.allocating(|| {
             copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
         })
@@ -622,6 +717,11 @@ impl Fs {
     ) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
         let dir = handle.inode.clone();
+        // The caller opened the directory (with its read permission); the entries'
+        // attributes are looked up with the daemon's rights, so that a caller who may read
+        // but not search the directory still gets its names, as natively. The kernel
+        // checks search permission before it lets anyone use one.
+        let _daemon = self.creds.as_daemon()?;
         let _position = handle.lock_dir_position();
         sys::lseek(handle.fd(), offset as i64, libc::SEEK_SET)?;
         let mut buf = vec![0u8; 32 * 1024];
@@ -633,6 +733,15 @@ impl Fs {
             for raw in RawDirents::new(&buf[..len]) {
                 let name = OsStr::from_bytes(raw.name);
                 let dot = raw.name == b"." || raw.name == b"..";
+                // `.` and `..` that name the backing root are the mount root, node 1, as
+                // `stat` says (the root's own `..` leads outside: the root is its parent).
+                let names_root = dir.key.dev == self.inodes.root_key().dev
+                    && (raw.d_ino == self.inodes.root_key().ino || (dir.id == ROOT_ID && dot));
+                let d_ino = if dot && names_root {
+                    ROOT_ID
+                } else {
+                    raw.d_ino
+                };
                 let mut kind = dtype_to_mode(raw.d_type);
                 let entry = if plus && !dot {
                     match self.lookup_listed(&dir, &sys::cstr(name)?, raw.d_ino) {
@@ -655,7 +764,7 @@ impl Fs {
                 }
                 let counted = entry.as_ref().map(|e| e.inode.id);
                 let accepted = sink(DirEntry {
-                    ino: raw.d_ino,
+                    ino: d_ino,
                     next_offset: raw.d_off,
                     kind,
                     name,
@@ -675,19 +784,31 @@ impl Fs {
         sys::fstatvfs(self.inodes.get(id)?.fd())
     }
 
-    pub fn access(&self, id: NodeId, mask: i32) -> io::Result<()> {
-        sys::access(&sys::proc_fd_path(self.inodes.get(id)?.fd()), mask)
+    pub fn access(&self, id: NodeId, mask: i32, caller: &Caller) -> io::Result<()> {
+        let inode = self.inodes.get(id)?;
+        let _as = self.creds.act_as(caller)?;
+        sys::access_as_effective(inode.fd(), mask)
     }
 
     fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
         id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
     }
 
-    pub fn getxattr(&self, id: NodeId, name: &OsStr, size: u32) -> io::Result<Xattr> {
+    /// Extended attributes are read, listed and changed as the caller: the backing
+    /// filesystem decides who sees `trusted.*` and who may set `user.*` or ACLs (and a
+    /// new access ACL drops set-gid for a caller outside the group, as natively).
+    pub fn getxattr(
+        &self,
+        id: NodeId,
+        name: &OsStr,
+        size: u32,
+        caller: &Caller,
+    ) -> io::Result<Xattr> {
         if Self::is_stats_xattr(id, name) {
             return sized(self.snapshot().render().into_bytes(), size);
         }
         let inode = self.inodes.get(id)?;
+        let _as = self.creds.act_as(caller)?;
         let path = sys::proc_fd_path(inode.fd());
         let name = sys::cstr(name)?;
         if size == 0 {
@@ -699,8 +820,9 @@ impl Fs {
         Ok(Xattr::Data(buf))
     }
 
-    pub fn listxattr(&self, id: NodeId, size: u32) -> io::Result<Xattr> {
+    pub fn listxattr(&self, id: NodeId, size: u32, caller: &Caller) -> io::Result<Xattr> {
         let inode = self.inodes.get(id)?;
+        let _as = self.creds.act_as(caller)?;
         let path = sys::proc_fd_path(inode.fd());
         if size == 0 {
             return Ok(Xattr::Size(sys::listxattr(&path, &mut [])? as u32));
@@ -711,11 +833,19 @@ impl Fs {
         Ok(Xattr::Data(buf))
     }
 
-    pub fn setxattr(&self, id: NodeId, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn setxattr(
+        &self,
+        id: NodeId,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: &Caller,
+    ) -> io::Result<()> {
         if Self::is_stats_xattr(id, name) {
             return Err(errno(libc::EPERM));
         }
         let inode = self.inodes.get(id)?;
+        let _as = self.creds.act_as(caller)?;
         sys::setxattr(
             &sys::proc_fd_path(inode.fd()),
             &sys::cstr(name)?,
@@ -724,11 +854,12 @@ impl Fs {
         )
     }
 
-    pub fn removexattr(&self, id: NodeId, name: &OsStr) -> io::Result<()> {
+    pub fn removexattr(&self, id: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         if Self::is_stats_xattr(id, name) {
             return Err(errno(libc::EPERM));
         }
         let inode = self.inodes.get(id)?;
+        let _as = self.creds.act_as(caller)?;
         sys::removexattr(&sys::proc_fd_path(inode.fd()), &sys::cstr(name)?)
     }
 }
@@ -817,7 +948,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    const ME: Caller = Caller { uid: 0, gid: 0 };
+    const ME: &Caller = &Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
 
     fn fs_over(dir: &Path) -> Fs {
         let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
@@ -834,14 +969,14 @@ mod tests {
     }
 
     fn names(fs: &Fs, dir: NodeId, plus: bool) -> Vec<String> {
-        let (fh, _) = fs.opendir(dir).unwrap();
+        let (fh, _) = fs.opendir(dir, ME).unwrap();
         let mut out = Vec::new();
         fs.readdir(fh, 0, plus, &mut |e| {
             out.push(e.name.to_string_lossy().into_owned());
             true
         })
         .unwrap();
-        fs.release(fh);
+        fs.release(fh).unwrap();
         out.sort();
         out
     }
@@ -851,22 +986,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = fs_over(dir.path());
         assert_eq!(
-            err_of(fs.mkdir(ROOT_ID, os("a/b"), 0o755, ME)),
+            err_of(fs.mkdir(ROOT_ID, os("a/b"), 0o755, 0, ME)),
             libc::EINVAL
         );
-        assert_eq!(err_of(fs.unlink(ROOT_ID, os(".."))), libc::EINVAL);
+        assert_eq!(err_of(fs.unlink(ROOT_ID, os(".."), ME)), libc::EINVAL);
         assert_eq!(
-            err_of(fs.rename(ROOT_ID, os(".."), ROOT_ID, os("x"), 0)),
+            err_of(fs.rename(ROOT_ID, os(".."), ROOT_ID, os("x"), 0, ME)),
             libc::EINVAL
         );
-        assert_eq!(err_of(fs.lookup(ROOT_ID, os("../etc"))), libc::EINVAL);
+        assert_eq!(err_of(fs.lookup(ROOT_ID, os("../etc"), ME)), libc::EINVAL);
     }
 
     #[test]
     fn dotdot_of_the_root_is_the_root() {
         let dir = tempfile::tempdir().unwrap();
         let fs = fs_over(dir.path());
-        assert_eq!(fs.lookup(ROOT_ID, os("..")).unwrap().inode.id, ROOT_ID);
+        assert_eq!(fs.lookup(ROOT_ID, os(".."), ME).unwrap().inode.id, ROOT_ID);
     }
 
     #[test]
@@ -874,21 +1009,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("escape")).unwrap();
         let fs = fs_over(dir.path());
-        let link = fs.lookup(ROOT_ID, os("escape")).unwrap();
+        let link = fs.lookup(ROOT_ID, os("escape"), ME).unwrap();
         assert_eq!(link.st.st_mode & libc::S_IFMT, libc::S_IFLNK);
         assert_eq!(fs.readlink(link.inode.id).unwrap(), b"/etc");
         // A lookup below the link is a lookup in a non-directory.
         assert_eq!(
-            err_of(fs.lookup(link.inode.id, os("passwd"))),
+            err_of(fs.lookup(link.inode.id, os("passwd"), ME)),
             libc::ENOTDIR
         );
         assert_eq!(
             err_of(fs.open(link.inode.id, libc::O_RDONLY, ME)),
             libc::ELOOP
         );
+        // An existing name that is not a regular file goes back to the kernel (ESTALE:
+        // look it up again), which follows the link itself, inside the mount.
         assert_eq!(
-            err_of(fs.create(ROOT_ID, os("escape"), 0o644, libc::O_WRONLY, ME)),
-            libc::ELOOP
+            err_of(fs.create(ROOT_ID, os("escape"), 0o644, 0, libc::O_WRONLY, ME)),
+            libc::ESTALE
         );
     }
 
@@ -897,24 +1034,75 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = fs_over(dir.path());
         let (entry, fh, _) = fs
-            .create(ROOT_ID, os("f"), 0o640, libc::O_RDWR | libc::O_EXCL, ME)
+            .create(ROOT_ID, os("f"), 0o640, 0, libc::O_RDWR | libc::O_EXCL, ME)
             .unwrap();
         assert_eq!(entry.st.st_mode & 0o777, 0o640);
-        assert_eq!(fs.write(fh, 0, b"hello", false).unwrap(), 5);
+        assert_eq!(fs.write(fh, 0, b"hello", ME).unwrap(), 5);
         assert_eq!(fs.read(fh, 1, 10).unwrap(), b"ello");
-        fs.release(fh);
+        fs.release(fh).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
         assert_eq!(
-            err_of(fs.create(ROOT_ID, os("f"), 0o640, libc::O_RDWR | libc::O_EXCL, ME)),
+            err_of(fs.create(ROOT_ID, os("f"), 0o640, 0, libc::O_RDWR | libc::O_EXCL, ME)),
             libc::EEXIST
         );
-        assert_eq!(err_of(fs.lookup(ROOT_ID, os("missing"))), libc::ENOENT);
-        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("f"))), libc::ENOTDIR);
-        fs.mkdir(ROOT_ID, os("d"), 0o755, ME).unwrap();
-        assert_eq!(err_of(fs.unlink(ROOT_ID, os("d"))), libc::EISDIR);
-        assert_eq!(err_of(fs.mkdir(ROOT_ID, os("d"), 0o755, ME)), libc::EEXIST);
+        assert_eq!(err_of(fs.lookup(ROOT_ID, os("missing"), ME)), libc::ENOENT);
+        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("f"), ME)), libc::ENOTDIR);
+        fs.mkdir(ROOT_ID, os("d"), 0o755, 0, ME).unwrap();
+        assert_eq!(err_of(fs.unlink(ROOT_ID, os("d"), ME)), libc::EISDIR);
+        assert_eq!(
+            err_of(fs.mkdir(ROOT_ID, os("d"), 0o755, 0, ME)),
+            libc::EEXIST
+        );
         std::fs::write(dir.path().join("d/x"), b"").unwrap();
-        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("d"))), libc::ENOTEMPTY);
+        assert_eq!(err_of(fs.rmdir(ROOT_ID, os("d"), ME)), libc::ENOTEMPTY);
+    }
+
+    #[test]
+    fn create_of_an_existing_name_opens_it_or_asks_for_a_fresh_lookup() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"theirs").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::chown(&path, Some(4321), Some(4321)).unwrap();
+        let fs = fs_over(dir.path());
+        let nobody = &Caller {
+            uid: 65534,
+            gid: 65534,
+            pid: 7,
+        };
+        // Not the caller's to open: the kernel is sent to look again, and its retry
+        // gets the refusal itself.
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("f"), 0o666, 0, libc::O_RDWR, nobody)),
+            libc::ESTALE
+        );
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("f"), 0o666, 0, libc::O_RDWR, nobody)),
+            libc::EACCES
+        );
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("f"), 0o666, 0, libc::O_RDWR | libc::O_EXCL, ME)),
+            libc::EEXIST
+        );
+        // One the caller may open is opened, and nothing else about it changes.
+        let (entry, fh, _) = fs
+            .create(ROOT_ID, os("f"), 0o666, 0, libc::O_RDONLY, ME)
+            .unwrap();
+        assert_eq!(fs.read(fh, 0, 100).unwrap(), b"theirs");
+        let st = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (st.uid(), st.gid(), st.mode() & 0o7777),
+            (4321, 4321, 0o600)
+        );
+        assert_eq!(entry.st.st_ino, st.ino());
+        // A symlink is left for the kernel to follow.
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        assert_eq!(
+            err_of(fs.create(ROOT_ID, os("l"), 0o666, 0, libc::O_RDONLY, ME)),
+            libc::ESTALE
+        );
     }
 
     #[test]
@@ -922,7 +1110,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("old"), b"content").unwrap();
         let fs = fs_over(dir.path());
-        let id = fs.lookup(ROOT_ID, os("old")).unwrap().inode.id;
+        let id = fs.lookup(ROOT_ID, os("old"), ME).unwrap().inode.id;
         std::fs::rename(dir.path().join("old"), dir.path().join("new")).unwrap();
         std::fs::write(dir.path().join("old"), b"impostor").unwrap();
         let (fh, _) = fs.open(id, libc::O_RDONLY, ME).unwrap();
@@ -954,7 +1142,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
         }
         let fs = fs_over(dir.path());
-        let (fh, _) = fs.opendir(ROOT_ID).unwrap();
+        let (fh, _) = fs.opendir(ROOT_ID, ME).unwrap();
         let mut seen = Vec::new();
         let mut offset = 0;
         loop {
@@ -985,8 +1173,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"0123456789").unwrap();
         let fs = fs_over(dir.path());
-        let id = fs.lookup(ROOT_ID, os("f")).unwrap().inode.id;
-        let when = UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 5);
+        let id = fs.lookup(ROOT_ID, os("f"), ME).unwrap().inode.id;
+
         let st = fs
             .setattr(
                 id,
@@ -994,7 +1182,10 @@ mod tests {
                 SetAttr {
                     mode: Some(0o600),
                     size: Some(3),
-                    mtime: Some(SetTime::At(when)),
+                    mtime: Some(SetTime::At {
+                        sec: 1_000_000_000,
+                        nsec: 5,
+                    }),
                     ..Default::default()
                 },
                 ME,
@@ -1009,7 +1200,7 @@ mod tests {
     fn the_stats_attribute_is_read_only_and_not_listed() {
         let dir = tempfile::tempdir().unwrap();
         let fs = fs_over(dir.path());
-        let Xattr::Data(text) = fs.getxattr(ROOT_ID, os(STATS_XATTR), 4096).unwrap() else {
+        let Xattr::Data(text) = fs.getxattr(ROOT_ID, os(STATS_XATTR), 4096, ME).unwrap() else {
             panic!("expected data");
         };
         assert!(
@@ -1018,10 +1209,10 @@ mod tests {
                 .contains("copy_file_range.calls 0")
         );
         assert_eq!(
-            err_of(fs.setxattr(ROOT_ID, os(STATS_XATTR), b"1", 0)),
+            err_of(fs.setxattr(ROOT_ID, os(STATS_XATTR), b"1", 0, ME)),
             libc::EPERM
         );
-        if let Ok(Xattr::Data(list)) = fs.listxattr(ROOT_ID, 4096) {
+        if let Ok(Xattr::Data(list)) = fs.listxattr(ROOT_ID, 4096, ME) {
             assert!(
                 !list
                     .windows(STATS_XATTR.len())

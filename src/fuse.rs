@@ -28,7 +28,6 @@ const MAX_WRITE: u32 = 1 << 20;
 pub struct FuseFs {
     pub fs: Arc<Fs>,
     cache: Cache,
-    acl: bool,
     /// Whether opens register the backing file for kernel passthrough. Cleared when the
     /// kernel refuses (e.g. without CAP_SYS_ADMIN), so later opens stop trying.
     passthrough: Arc<AtomicBool>,
@@ -88,22 +87,33 @@ fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        pid: req.pid(),
     }
 }
 
+/// The request's timestamp. fuser 0.18 decodes a time before the epoch, `(sec, nsec)`
+/// with `sec < 0` and `nsec` to add, as `UNIX_EPOCH - (|sec| + nsec)`; undo that.
 fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     t.map(|t| match t {
         TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(before) => SetTime::At {
+                sec: -(before.duration().as_secs() as i64),
+                nsec: before.duration().subsec_nanos(),
+            },
+        },
     })
 }
 
 impl FuseFs {
-    pub fn new(fs: Arc<Fs>, cache: Cache, acl: bool, passthrough: Arc<AtomicBool>) -> Self {
+    pub fn new(fs: Arc<Fs>, cache: Cache, passthrough: Arc<AtomicBool>) -> Self {
         FuseFs {
             fs,
             cache,
-            acl,
             passthrough,
         }
     }
@@ -118,31 +128,47 @@ impl FuseFs {
     /// Open flags for the kernel: whether it may skip FLUSH at close, and (when the
     /// daemon serves the I/O itself) whether it keeps the page cache of earlier opens.
     /// KEEP_CACHE is never combined with passthrough (the open then fails with EIO).
-    fn open_flags(&self, handle: &Handle, passthrough: bool) -> FopenFlags {
+    fn open_flags(&self, handle: &Handle, passthrough: Option<&Passthrough>) -> FopenFlags {
         let mut flags = FopenFlags::empty();
         if self.fs.close_needs_no_flush(&handle.inode) {
             flags |= FopenFlags::FOPEN_NOFLUSH;
         }
-        if self.cache.keep_page_cache() && !passthrough {
-            flags |= FopenFlags::FOPEN_KEEP_CACHE;
+        match passthrough {
+            None if self.cache.keep_page_cache() => flags |= FopenFlags::FOPEN_KEEP_CACHE,
+            Some(p) if p.reads_and_writes_in_daemon => flags |= FopenFlags::FOPEN_DIRECT_IO,
+            _ => {}
         }
         flags
     }
 
-    /// The backing id to pass reads and writes of `handle` through, registering one with
-    /// `register` if this is the inode's first passthrough open.
-    fn passthrough_id(
+    /// How an open of `handle` by `caller` with `open_flags` uses kernel passthrough,
+    /// registering the inode's backing file with `register` if this is its first
+    /// passthrough open.
+    ///
+    /// The backing file is registered as the caller: the kernel keeps the registering
+    /// thread's credentials for every write through it, so the caller's writes meet the
+    /// backing filesystem's root reserve, quota and set-id rules as natively. The kernel
+    /// allows one backing file per inode; an open for writing by another identity while
+    /// it lives keeps it (mmap goes through it, and a page fault runs as the faulting
+    /// process) but has its reads and writes served by the daemon, as that caller
+    /// (FOPEN_DIRECT_IO overrides passthrough for read and write).
+    fn passthrough(
         &self,
         handle: &Handle,
+        caller: &Caller,
+        open_flags: i32,
         register: impl FnOnce() -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> Option<Passthrough> {
         if handle.inode.kind != libc::S_IFREG || !self.passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        let id = match handle.inode.open_state.shared_backing() {
-            Some(id) => id,
-            None => match register() {
-                Ok(fresh) => handle.inode.open_state.install_backing(fresh),
+        let (id, registrant) = match handle.inode.open_state.shared_backing() {
+            Some(shared) => shared,
+            None => match self.fs.as_registrant(caller, register) {
+                Ok(fresh) => handle
+                    .inode
+                    .open_state
+                    .install_backing(fresh, (caller.uid, caller.gid)),
                 Err(err) => {
                     if err.raw_os_error() == Some(libc::EPERM) {
                         log::warn!("kernel refused passthrough ({err}); serving I/O in the daemon");
@@ -156,8 +182,19 @@ impl FuseFs {
         };
         handle.attach_backing(id.clone());
         self.fs.stats.count(&self.fs.stats.passthrough_opens, 1);
-        Some(id)
+        let writes = open_flags & libc::O_ACCMODE != libc::O_RDONLY;
+        Some(Passthrough {
+            id,
+            reads_and_writes_in_daemon: writes && registrant != (caller.uid, caller.gid),
+        })
     }
+}
+
+/// How an open file uses kernel passthrough.
+struct Passthrough {
+    id: Arc<BackingId>,
+    /// Reads and writes go to the daemon (FOPEN_DIRECT_IO); only mmap uses the backing.
+    reads_and_writes_in_daemon: bool,
 }
 
 impl Filesystem for FuseFs {
@@ -168,18 +205,20 @@ impl Filesystem for FuseFs {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
-            // The daemon clears set-id bits itself (see fs::drop_setid_bits); in return the
-            // kernel stops asking for security.capability before every single write.
+            // Writes and truncates run as the caller, so the backing filesystem drops
+            // set-id bits as natively; the kernel asks (an empty SETATTR) only where it
+            // cannot tell, and stops sending GETXATTR security.capability before every
+            // single write.
             InitFlags::FUSE_HANDLE_KILLPRIV_V2,
+            // The kernel caches and enforces POSIX ACLs (default_permissions is always on).
+            InitFlags::FUSE_POSIX_ACL,
+            // Modes arrive without the umask, and the daemon creates with the caller's
+            // umask: a default ACL of the parent then replaces the umask, as natively.
+            InitFlags::FUSE_DONT_MASK,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks {cap:?}");
             }
-        }
-        // The kernel caches and enforces ACLs (it still strips the umask from new modes, so a
-        // default ACL can only narrow what the caller's umask allowed).
-        if self.acl && config.add_capabilities(InitFlags::FUSE_POSIX_ACL).is_err() {
-            log::info!("kernel lacks FUSE_POSIX_ACL; ACLs are stored but not enforced");
         }
         if self.cache == Cache::Auto {
             let _ = config.add_capabilities(InitFlags::FUSE_AUTO_INVAL_DATA);
@@ -203,9 +242,9 @@ impl Filesystem for FuseFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _request = self.fs.stats.request(Op::Lookup);
-        match self.fs.lookup(parent.0, name) {
+        match self.fs.lookup(parent.0, name, &caller(req)) {
             Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !self.cache.ttl().is_zero() => {
                 // A negative entry (node id 0): the kernel remembers the name is absent.
                 let none = attr(0, &crate::sys::zeroed_stat());
@@ -255,8 +294,18 @@ impl Filesystem for FuseFs {
             size,
             atime: set_time(atime),
             mtime: set_time(mtime),
+            kill_privileges: false,
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), change, caller(req)) {
+        // The kernel sends a SETATTR that changes nothing only to drop privileges
+        // (FATTR_KILL_SUIDGID, which fuser does not pass on, or file_remove_privs).
+        let change = SetAttr {
+            kill_privileges: change == SetAttr::default(),
+            ..change
+        };
+        match self
+            .fs
+            .setattr(ino.0, fh.map(|f| f.0), change, &caller(req))
+        {
             Ok(st) => reply.attr(&self.cache.ttl(), &attr(ino.0, &st)),
             Err(err) => reply.error(errno(err)),
         }
@@ -276,13 +325,14 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _request = self.fs.stats.request(Op::Mknod);
         self.reply_entry(
-            self.fs.mknod(parent.0, name, mode, rdev, caller(req)),
+            self.fs
+                .mknod(parent.0, name, mode, umask, rdev, &caller(req)),
             reply,
         );
     }
@@ -293,21 +343,24 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _request = self.fs.stats.request(Op::Mkdir);
-        self.reply_entry(self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
+        self.reply_entry(
+            self.fs.mkdir(parent.0, name, mode, umask, &caller(req)),
+            reply,
+        );
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _request = self.fs.stats.request(Op::Unlink);
-        reply_empty(self.fs.unlink(parent.0, name), reply);
+        reply_empty(self.fs.unlink(parent.0, name, &caller(req)), reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _request = self.fs.stats.request(Op::Rmdir);
-        reply_empty(self.fs.rmdir(parent.0, name), reply);
+        reply_empty(self.fs.rmdir(parent.0, name, &caller(req)), reply);
     }
 
     fn symlink(
@@ -321,13 +374,13 @@ impl Filesystem for FuseFs {
         let _request = self.fs.stats.request(Op::Symlink);
         let result = self
             .fs
-            .symlink(parent.0, link_name, target.as_os_str(), caller(req));
+            .symlink(parent.0, link_name, target.as_os_str(), &caller(req));
         self.reply_entry(result, reply);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -337,35 +390,46 @@ impl Filesystem for FuseFs {
     ) {
         let _request = self.fs.stats.request(Op::Rename);
         reply_empty(
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            self.fs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.bits(),
+                &caller(req),
+            ),
             reply,
         );
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
         let _request = self.fs.stats.request(Op::Link);
-        self.reply_entry(self.fs.link(ino.0, newparent.0, newname), reply);
+        self.reply_entry(
+            self.fs.link(ino.0, newparent.0, newname, &caller(req)),
+            reply,
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _request = self.fs.stats.request(Op::Open);
-        match self.fs.open(ino.0, flags.0, caller(req)) {
+        let caller = caller(req);
+        match self.fs.open(ino.0, flags.0, &caller) {
             Ok((fh, handle)) => {
-                match self.passthrough_id(&handle, || reply.open_backing(handle.fd())) {
-                    Some(id) => reply.opened_passthrough(
+                let register = || reply.open_backing(handle.fd());
+                match self.passthrough(&handle, &caller, flags.0, register) {
+                    Some(p) => reply.opened_passthrough(
                         FileHandle(fh),
-                        self.open_flags(&handle, true),
-                        &id,
+                        self.open_flags(&handle, Some(&p)),
+                        &p.id,
                     ),
-                    None => reply.opened(FileHandle(fh), self.open_flags(&handle, false)),
+                    None => reply.opened(FileHandle(fh), self.open_flags(&handle, None)),
                 }
             }
             Err(err) => reply.error(errno(err)),
@@ -392,19 +456,18 @@ impl Filesystem for FuseFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _request = self.fs.stats.request(Op::Write);
-        let drop_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.fs.write(fh.0, offset, data, drop_setid) {
+        match self.fs.write(fh.0, offset, data, &caller(req)) {
             Ok(n) => reply.written(n as u32),
             Err(err) => reply.error(errno(err)),
         }
@@ -433,8 +496,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Release);
-        self.fs.release(fh.0);
-        reply.ok();
+        reply_empty(self.fs.release(fh.0), reply);
     }
 
     fn fsync(
@@ -449,9 +511,9 @@ impl Filesystem for FuseFs {
         reply_empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _request = self.fs.stats.request(Op::Opendir);
-        match self.fs.opendir(ino.0) {
+        match self.fs.opendir(ino.0, &caller(req)) {
             Ok((fh, _)) => {
                 let flags = if self.cache.keep_page_cache() {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
@@ -534,8 +596,7 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Releasedir);
-        self.fs.release(fh.0);
-        reply.ok();
+        reply_empty(self.fs.release(fh.0), reply);
     }
 
     fn fsyncdir(
@@ -569,7 +630,7 @@ impl Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -578,27 +639,30 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Setxattr);
-        reply_empty(self.fs.setxattr(ino.0, name, value, flags), reply);
+        reply_empty(
+            self.fs.setxattr(ino.0, name, value, flags, &caller(req)),
+            reply,
+        );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _request = self.fs.stats.request(Op::Getxattr);
-        reply_xattr(self.fs.getxattr(ino.0, name, size), reply);
+        reply_xattr(self.fs.getxattr(ino.0, name, size, &caller(req)), reply);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _request = self.fs.stats.request(Op::Listxattr);
-        reply_xattr(self.fs.listxattr(ino.0, size), reply);
+        reply_xattr(self.fs.listxattr(ino.0, size, &caller(req)), reply);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _request = self.fs.stats.request(Op::Removexattr);
-        reply_empty(self.fs.removexattr(ino.0, name), reply);
+        reply_empty(self.fs.removexattr(ino.0, name, &caller(req)), reply);
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let _request = self.fs.stats.request(Op::Access);
-        reply_empty(self.fs.access(ino.0, mask.bits()), reply);
+        reply_empty(self.fs.access(ino.0, mask.bits(), &caller(req)), reply);
     }
 
     fn create(
@@ -607,30 +671,32 @@ impl Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _request = self.fs.stats.request(Op::Create);
-        match self.fs.create(parent.0, name, mode, flags, caller(req)) {
+        let caller = caller(req);
+        match self.fs.create(parent.0, name, mode, umask, flags, &caller) {
             Ok((entry, fh, handle)) => {
                 let ttl = self.cache.ttl();
                 let attr = attr(entry.inode.id, &entry.st);
-                match self.passthrough_id(&handle, || reply.open_backing(handle.fd())) {
-                    Some(id) => reply.created_passthrough(
+                let register = || reply.open_backing(handle.fd());
+                match self.passthrough(&handle, &caller, flags, register) {
+                    Some(p) => reply.created_passthrough(
                         &ttl,
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        self.open_flags(&handle, true),
-                        &id,
+                        self.open_flags(&handle, Some(&p)),
+                        &p.id,
                     ),
                     None => reply.created(
                         &ttl,
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        self.open_flags(&handle, false),
+                        self.open_flags(&handle, None),
                     ),
                 }
             }
@@ -640,7 +706,7 @@ impl Filesystem for FuseFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -649,7 +715,10 @@ impl Filesystem for FuseFs {
         reply: ReplyEmpty,
     ) {
         let _request = self.fs.stats.request(Op::Fallocate);
-        reply_empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+        reply_empty(
+            self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
+            reply,
+        );
     }
 
     fn lseek(
@@ -670,7 +739,7 @@ impl Filesystem for FuseFs {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -684,7 +753,7 @@ impl Filesystem for FuseFs {
         let _request = self.fs.stats.request(Op::CopyFileRange);
         match self
             .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len, &caller(req))
         {
             // copy_range never copies more than a u32 holds.
             Ok(n) => reply.written(n as u32),

@@ -15,40 +15,55 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::inode::Inode;
 
+/// Who registered a backing file: `(uid, gid)`.
+pub type Registrant = (u32, u32);
+
 /// Per-inode state shared by its open handles.
 #[derive(Debug, Default)]
 pub struct InodeOpenState {
-    /// The kernel passthrough backing id, while any handle of the inode uses it. The
-    /// kernel wants one backing id per inode; handles keep it alive with their `Arc`.
-    backing: Mutex<Weak<BackingId>>,
+    /// The kernel passthrough backing id, while any handle of the inode uses it, and the
+    /// `(uid, gid)` it was registered as. The kernel wants one backing id per inode;
+    /// handles keep it alive with their `Arc`.
+    backing: Mutex<Option<(Weak<BackingId>, Registrant)>>,
 }
 
 impl InodeOpenState {
-    /// The backing id another open handle of this inode registered, if it is still open.
-    pub fn shared_backing(&self) -> Option<Arc<BackingId>> {
-        self.backing.lock().upgrade()
+    /// The backing id another open handle of this inode registered, if it is still
+    /// open, and who registered it.
+    pub fn shared_backing(&self) -> Option<(Arc<BackingId>, Registrant)> {
+        let slot = self.backing.lock();
+        let (id, registrant) = slot.as_ref()?;
+        Some((id.upgrade()?, *registrant))
     }
 
-    /// Makes `fresh` the inode's backing id, unless another thread registered one first:
-    /// then that one is returned and `fresh` is closed (outside the lock).
-    pub fn install_backing(&self, fresh: BackingId) -> Arc<BackingId> {
+    /// Makes `fresh` (registered as `registrant`) the inode's backing id, unless another
+    /// thread registered one first: then that one is returned and `fresh` is closed
+    /// (outside the lock).
+    pub fn install_backing(
+        &self,
+        fresh: BackingId,
+        registrant: Registrant,
+    ) -> (Arc<BackingId>, Registrant) {
         let mut spare = None;
-        let id = {
+        let installed = {
             let mut slot = self.backing.lock();
-            match slot.upgrade() {
+            match slot
+                .as_ref()
+                .and_then(|(id, by)| Some((id.upgrade()?, *by)))
+            {
                 Some(existing) => {
                     spare = Some(fresh);
                     existing
                 }
                 None => {
                     let id = Arc::new(fresh);
-                    *slot = Arc::downgrade(&id);
-                    id
+                    *slot = Some((Arc::downgrade(&id), registrant));
+                    (id, registrant)
                 }
             }
         };
         drop(spare);
-        id
+        installed
     }
 }
 

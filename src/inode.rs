@@ -170,6 +170,11 @@ impl InodeTable {
         })
     }
 
+    /// The backing identity of the root.
+    pub fn root_key(&self) -> BackingKey {
+        self.root_key
+    }
+
     /// The inode for `id`, or `ESTALE` if the kernel refers to one it already forgot.
     pub fn get(&self, id: NodeId) -> io::Result<Arc<Inode>> {
         self.tables

@@ -14,6 +14,9 @@
 //!   parent's descriptor with `O_NOFOLLOW`, one component at a time, so nothing escapes
 //!   BACKING and the daemon never follows a symlink.
 //! - Only open handles hold readable/writable descriptors.
+//! - Every system call made on a caller's behalf runs with the caller's uid, gid and
+//!   groups on the serving thread ([`creds`]); nothing is done with root's rights that
+//!   the caller could not do natively.
 //! - Locks: the inode table and the handle table each have one mutex; neither is held
 //!   while taking the other, across a system call, or across a reply.
 //! - The errno of a backing call reaches the kernel unchanged, except that ENOSYS is
@@ -21,6 +24,7 @@
 
 pub mod config;
 pub mod copy;
+pub mod creds;
 pub mod fs;
 pub mod fuse;
 pub mod handle;

@@ -71,9 +71,9 @@ fn mount_data(config: &Config, dev_fd: i32, root_mode: u32) -> String {
     if config.options.allow_other {
         data.push_str(",allow_other");
     }
-    if config.options.default_permissions {
-        data.push_str(",default_permissions");
-    }
+    // The kernel checks every caller's permissions and ACLs (with the caller's own
+    // capabilities, which a request does not carry to the daemon).
+    data.push_str(",default_permissions");
     data
 }
 
@@ -122,7 +122,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         }
     };
     let max_inodes = inode_budget(fd_limit);
-    // Modes of new files come from the request (the kernel applied the caller's umask).
+    // Each creation applies the caller's umask itself (see creds::act_as_creator).
     sys::set_umask(0);
 
     let backing = cstring(&config.backing)?;
@@ -191,12 +191,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let passthrough = Arc::new(AtomicBool::new(
         config.options.passthrough != Passthrough::Off,
     ));
-    let adapter = FuseFs::new(
-        fs.clone(),
-        config.options.cache,
-        config.options.acl,
-        passthrough.clone(),
-    );
+    let adapter = FuseFs::new(fs.clone(), config.options.cache, passthrough.clone());
     let mut fuse_config = fuser::Config::default();
     fuse_config.n_threads = Some(config.options.threads);
     fuse_config.clone_fd = true;

@@ -94,6 +94,8 @@ pub struct Stats {
     pub read_bytes: AtomicU64,
     pub write_bytes: AtomicU64,
     pub passthrough_opens: AtomicU64,
+    /// CREATE requests for a name that existed in BACKING (the kernel believed it absent).
+    pub create_found_existing: AtomicU64,
     pub requests: AtomicU64,
     /// Requests by operation, indexed by `Op as usize`.
     by_op: OpCounters,
@@ -129,12 +131,15 @@ pub struct Snapshot {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub passthrough_opens: u64,
+    pub create_found_existing: u64,
     pub requests: u64,
     pub max_in_flight: u64,
     /// Requests by operation, in the order of [`Op::NAMES`].
     pub by_op: Vec<u64>,
     pub inodes: u64,
     pub open_handles: u64,
+    /// Identity changes of serving threads (see `creds`).
+    pub credential_switches: u64,
 }
 
 impl Stats {
@@ -160,11 +165,13 @@ impl Stats {
             read_bytes: get(&self.read_bytes),
             write_bytes: get(&self.write_bytes),
             passthrough_opens: get(&self.passthrough_opens),
+            create_found_existing: get(&self.create_found_existing),
             requests: get(&self.requests),
             max_in_flight: get(&self.max_in_flight),
             by_op: self.by_op.0.iter().map(get).collect(),
             inodes: 0,
             open_handles: 0,
+            credential_switches: 0,
         }
     }
 }
@@ -183,10 +190,12 @@ impl Snapshot {
             ("read.bytes", self.read_bytes),
             ("write.bytes", self.write_bytes),
             ("passthrough.opens", self.passthrough_opens),
+            ("create.found_existing", self.create_found_existing),
             ("requests", self.requests),
             ("requests.max_in_flight", self.max_in_flight),
             ("inodes", self.inodes),
             ("open_handles", self.open_handles),
+            ("credential_switches", self.credential_switches),
         ]
         .iter()
         .map(|(name, value)| format!("{name} {value}\n"))

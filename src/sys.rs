@@ -561,3 +561,86 @@ pub fn zeroed_stat() -> libc::stat {
     // SAFETY: `stat` is plain data for which all-zero bytes are a valid value.
     unsafe { std::mem::zeroed() }
 }
+
+/// Safe wrapper for the raw `setresuid(2)` system call, which (unlike the C library's
+/// wrapper, which changes every thread of the process) changes only the calling thread's
+/// ids. `u32::MAX` (-1) leaves an id unchanged.
+pub fn set_thread_resuid(ruid: u32, euid: u32, suid: u32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_setresuid, ruid, euid, suid) };
+    check(ret as libc::c_int).map(drop)
+}
+
+/// Safe wrapper for the raw `setresgid(2)` system call: the calling thread only.
+pub fn set_thread_resgid(rgid: u32, egid: u32, sgid: u32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_setresgid, rgid, egid, sgid) };
+    check(ret as libc::c_int).map(drop)
+}
+
+/// Safe wrapper for the raw `setgroups(2)` system call: the calling thread only.
+pub fn set_thread_groups(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: `groups` is valid for reads of `groups.len()` gids.
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    check(ret as libc::c_int).map(drop)
+}
+
+/// The supplementary groups of the calling thread (`getgroups(2)`).
+pub fn thread_groups() -> io::Result<Vec<libc::gid_t>> {
+    // SAFETY: a size of 0 only asks for the count.
+    let n = check(unsafe { libc::getgroups(0, std::ptr::null_mut()) })?;
+    let mut groups = vec![0; n as usize];
+    // SAFETY: `groups` is valid for writes of `n` gids.
+    let n = check(unsafe { libc::getgroups(n, groups.as_mut_ptr()) })?;
+    groups.truncate(n as usize);
+    Ok(groups)
+}
+
+/// Gives the calling thread its own umask and working directory (`unshare(CLONE_FS)`),
+/// so a umask set for one request does not apply to requests on other threads.
+pub fn unshare_fs_attributes() -> io::Result<()> {
+    // SAFETY: plain call; CLONE_FS only copies the thread's fs_struct.
+    check(unsafe { libc::unshare(libc::CLONE_FS) }).map(drop)
+}
+
+/// Safe wrapper for `faccessat(2)` with `AT_EACCESS` on the object `fd` refers to: checks
+/// with the effective ids (the thread's switched credentials), not the real ones.
+pub fn access_as_effective(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<()> {
+    let path = proc_fd_path(fd);
+    // SAFETY: `path` is NUL-terminated and outlives the call.
+    check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, libc::AT_EACCESS) })
+        .map(drop)
+}
+
+/// Raises capability `cap` (e.g. `CAP_SYS_ADMIN`) into the calling thread's effective set,
+/// from its permitted set (`capset(2)` acts on the calling thread only). After a switch
+/// of the effective uid away from 0 the effective set is empty while the permitted set,
+/// kept by the saved uid 0, still holds every capability.
+pub fn raise_effective_capability(cap: u32) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: `header` and the two-element `data` are what capget expects for version 3.
+    let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    check(ret as libc::c_int)?;
+    let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+    data[word].effective |= bit;
+    // SAFETY: as above; capset only reads the structures.
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    check(ret as libc::c_int).map(drop)
+}

@@ -174,6 +174,14 @@ impl Mounted {
         self.child.as_ref().unwrap().id()
     }
 
+    /// A fresh directory `name` beside BACKING's temporary home, on the same filesystem as
+    /// a backing made by [`Mounted::new`]: the native twin a test compares with.
+    pub fn native_dir(&self, name: &str) -> PathBuf {
+        let dir = self._dir.path().join(name);
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
+
     /// A path inside the mount.
     pub fn m(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
@@ -413,4 +421,45 @@ pub fn errno_of<T>(r: std::io::Result<T>) -> i32 {
         Ok(_) => 0,
         Err(e) => e.raw_os_error().expect("an OS error"),
     }
+}
+
+/// Runs a shell script as the unprivileged user 65534 (nobody:nogroup, no other groups).
+pub fn as_nobody(script: &str) -> Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Runs `script` as nobody and returns its stdout; panics unless it succeeds.
+pub fn nobody_ok(script: &str) -> String {
+    let out = as_nobody(script);
+    assert!(
+        out.status.success(),
+        "as nobody, expected success: {script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `script` as nobody; panics unless it fails with `message` on stderr.
+pub fn nobody_denied(script: &str, message: &str) {
+    let out = as_nobody(script);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "as nobody, expected failure: {script}"
+    );
+    assert!(
+        stderr.contains(message),
+        "{script}: expected '{message}' in: {stderr}"
+    );
 }
