@@ -780,6 +780,15 @@ impl Fs {
         }
     }
 
+    /// Writes back the backing filesystem (`sync` in the mount).
+    pub fn syncfs(&self) -> io::Result<()> {
+        let root = self.inodes.get(ROOT_ID)?;
+        let _daemon = self.creds.as_daemon()?;
+        // syncfs(2) refuses O_PATH descriptors.
+        let dir = self.reopen(&root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        sys::syncfs(dir.as_fd())
+    }
+
     pub fn statfs(&self, id: NodeId) -> io::Result<libc::statvfs> {
         sys::fstatvfs(self.inodes.get(id)?.fd())
     }

@@ -10,10 +10,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
-use fuser::BackingId;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::inode::Inode;
+use crate::passthrough::BackingFile;
 
 /// Who registered a backing file: `(uid, gid)`.
 pub type Registrant = (u32, u32);
@@ -24,13 +24,13 @@ pub struct InodeOpenState {
     /// The kernel passthrough backing id, while any handle of the inode uses it, and the
     /// `(uid, gid)` it was registered as. The kernel wants one backing id per inode;
     /// handles keep it alive with their `Arc`.
-    backing: Mutex<Option<(Weak<BackingId>, Registrant)>>,
+    backing: Mutex<Option<(Weak<BackingFile>, Registrant)>>,
 }
 
 impl InodeOpenState {
     /// The backing id another open handle of this inode registered, if it is still
     /// open, and who registered it.
-    pub fn shared_backing(&self) -> Option<(Arc<BackingId>, Registrant)> {
+    pub fn shared_backing(&self) -> Option<(Arc<BackingFile>, Registrant)> {
         let slot = self.backing.lock();
         let (id, registrant) = slot.as_ref()?;
         Some((id.upgrade()?, *registrant))
@@ -41,9 +41,9 @@ impl InodeOpenState {
     /// (outside the lock).
     pub fn install_backing(
         &self,
-        fresh: BackingId,
+        fresh: BackingFile,
         registrant: Registrant,
-    ) -> (Arc<BackingId>, Registrant) {
+    ) -> (Arc<BackingFile>, Registrant) {
         let mut spare = None;
         let installed = {
             let mut slot = self.backing.lock();
@@ -76,7 +76,7 @@ pub struct Handle {
     dir_position: Mutex<()>,
     /// The inode's shared passthrough backing id (possibly registered through another
     /// handle's descriptor), kept alive while this handle is open.
-    backing: OnceLock<Arc<BackingId>>,
+    backing: OnceLock<Arc<BackingFile>>,
 }
 
 impl Handle {
@@ -98,7 +98,7 @@ impl Handle {
     }
 
     /// Keeps `id` alive for as long as this handle is open.
-    pub fn attach_backing(&self, id: Arc<BackingId>) {
+    pub fn attach_backing(&self, id: Arc<BackingFile>) {
         let _ = self.backing.set(id);
     }
 }

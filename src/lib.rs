@@ -5,9 +5,11 @@
 //! the backing descriptors (a reflink on XFS/btrfs, an in-kernel copy on ext4), with a
 //! buffered fallback where the backing cannot offload.
 //!
-//! Data flows one way: kernel request -> [`fuse`] (decode, reply) -> [`fs`] (plain
-//! methods returning `io::Result`) -> [`inode`] / [`handle`] / [`copy`] -> [`sys`] (the
-//! only `unsafe`) -> kernel.
+//! Data flows one way: kernel request -> [`transport`] (a `/dev/fuse` thread reads it,
+//! [`transport::wire`] decodes it, the dispatcher calls [`fs`]) -> [`fs`] (plain methods
+//! returning `io::Result`) -> [`inode`] / [`handle`] / [`copy`] / [`creds`] -> [`sys`] (the
+//! only `unsafe`) -> kernel; the reply goes back the same way. fuser answers the kernel's
+//! INIT; fastfs decodes and answers everything after it.
 //!
 //! Invariants:
 //! - Inodes hold `O_PATH` descriptors, never paths; names are resolved relative to the
@@ -26,13 +28,14 @@ pub mod config;
 pub mod copy;
 pub mod creds;
 pub mod fs;
-pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod logger;
 pub mod mount;
+pub mod passthrough;
 pub mod stats;
 pub mod sys;
+pub mod transport;
 
 use std::ffi::CString;
 use std::io::{Read, Write};

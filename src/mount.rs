@@ -7,17 +7,15 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use fuser::{BackingId, Session, SessionACL};
 
 use crate::config::{Config, Error, Passthrough};
 use crate::fs::Fs;
-use crate::fuse::FuseFs;
+use crate::passthrough::Passthrough as KernelPassthrough;
+use crate::transport::{self, Dispatcher, InitRequest, devfuse, wire};
 use crate::{describe_io_error, sys};
 
 const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -159,9 +157,6 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
             describe_io_error(&e)
         ))
     })?;
-    let probe_dev = dev
-        .try_clone()
-        .map_err(|e| Error(format!("cannot duplicate /dev/fuse: {e}")))?;
     let data = CString::new(mount_data(
         config,
         std::os::fd::AsRawFd::as_raw_fd(&dev),
@@ -188,26 +183,26 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     };
     let mount_id = mount_id_at(&config.mountpoint);
 
-    let passthrough = Arc::new(AtomicBool::new(
-        config.options.passthrough != Passthrough::Off,
-    ));
-    let adapter = FuseFs::new(fs.clone(), config.options.cache, passthrough.clone());
-    let mut fuse_config = fuser::Config::default();
-    fuse_config.n_threads = Some(config.options.threads);
-    fuse_config.clone_fd = true;
-    let acl = if config.options.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    let wanted = InitRequest {
+        cache: config.options.cache,
+        passthrough: config.options.passthrough != Passthrough::Off,
     };
-    fuse_config.acl = acl;
-    let session = Session::from_fd(adapter, dev, acl, fuse_config)
+    let (session, negotiated) = transport::handshake(dev, wanted)
         .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;
-
-    probe_passthrough(&probe_dev, &fs, &passthrough);
-    spawn_evictor(fs.clone(), session.notifier())?;
-    drop(probe_dev);
-    if config.options.passthrough == Passthrough::On && !passthrough.load(Ordering::Relaxed) {
+    let dup = |what: &str| {
+        session
+            .try_clone()
+            .map_err(|e| Error(format!("cannot duplicate /dev/fuse for {what}: {e}")))
+    };
+    let passthrough = Arc::new(KernelPassthrough::new(
+        dup("passthrough")?,
+        negotiated.passthrough,
+    ));
+    if let Ok(root) = fs.inode(crate::inode::ROOT_ID) {
+        passthrough.probe(root.fd());
+    }
+    spawn_evictor(fs.clone(), dup("notifications")?)?;
+    if config.options.passthrough == Passthrough::On && !passthrough.enabled() {
         return Err(Error(
             "passthrough=on, but the kernel refuses FUSE passthrough here \
              (it needs Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH and CAP_SYS_ADMIN)"
@@ -218,16 +213,23 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         "mounted {} at {} (passthrough {})",
         config.backing.display(),
         config.mountpoint.display(),
-        if passthrough.load(Ordering::Relaxed) {
-            "on"
-        } else {
-            "off"
-        }
+        if passthrough.enabled() { "on" } else { "off" }
     );
+    let dispatcher = Arc::new(Dispatcher::new(
+        fs.clone(),
+        config.options.cache,
+        passthrough,
+    ));
 
     spawn_signal_thread(target)?;
     on_ready();
-    let result = session.run();
+    let result = devfuse::serve(
+        dispatcher,
+        session.as_fd(),
+        config.options.threads,
+        transport::request_buffer(negotiated.max_write),
+        negotiated.setxattr_ext,
+    );
     // The session ends when the mount goes away (ENODEV); then there is nothing to undo.
     // A read that fails while a lazily unmounted connection is torn down is not a failure
     // of the mount either: once the mount has left the namespace, the user asked for it.
@@ -295,31 +297,11 @@ fn mount_present(id: u64) -> bool {
     mounts().iter().any(|(other, _)| *other == id)
 }
 
-/// Asks the kernel whether it will register backing files: with passthrough allowed it
-/// answers EISDIR for a directory, without (no CAP_SYS_ADMIN) EPERM.
-fn probe_passthrough(dev: &std::os::fd::OwnedFd, fs: &Fs, enabled: &AtomicBool) {
-    if !enabled.load(Ordering::Relaxed) {
-        return;
-    }
-    let root = match fs.inode(crate::inode::ROOT_ID) {
-        Ok(root) => root,
-        Err(_) => return,
-    };
-    match BackingId::create_raw(dev.as_fd(), root.fd()) {
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
-        Err(e) => {
-            log::info!("kernel passthrough unavailable: {e}");
-            enabled.store(false, Ordering::Relaxed);
-        }
-        Ok(id) => log::warn!("kernel registered a directory as backing file (id {id})"),
-    }
-}
-
 /// Keeps the inode table within its descriptor budget: asks the kernel to drop the
 /// dentries of the least recently used inodes, so it sends FORGET for them. Runs on its
 /// own thread because the kernel takes the parent directory's lock for the notification,
 /// which a request being served may hold.
-fn spawn_evictor(fs: Arc<Fs>, notifier: fuser::Notifier) -> Result<(), Error> {
+fn spawn_evictor(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("fastfs-evictor".into())
         .spawn(move || {
@@ -328,7 +310,10 @@ fn spawn_evictor(fs: Arc<Fs>, notifier: fuser::Notifier) -> Result<(), Error> {
                 log::debug!("asking the kernel to forget {} inodes", hints.len());
                 for hint in hints {
                     // ENOENT: the kernel had already dropped that dentry.
-                    let _ = notifier.inval_entry(fuser::INodeNo(hint.parent), &hint.name);
+                    let _ = sys::writev(
+                        dev.as_fd(),
+                        &[&wire::inval_entry(hint.parent, &hint.name, false)],
+                    );
                 }
                 // Let the FORGETs arrive before measuring the table again.
                 std::thread::sleep(Duration::from_millis(20));

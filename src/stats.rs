@@ -9,82 +9,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The virtual extended attribute on the mount root that carries the counters.
 pub const STATS_XATTR: &str = "user.fastfs.stats";
 
-/// The FUSE operations, for per-operation request counts.
-#[derive(Debug, Clone, Copy)]
-pub enum Op {
-    Lookup,
-    Getattr,
-    Setattr,
-    Readlink,
-    Mknod,
-    Mkdir,
-    Unlink,
-    Rmdir,
-    Symlink,
-    Rename,
-    Link,
-    Open,
-    Read,
-    Write,
-    Flush,
-    Release,
-    Fsync,
-    Opendir,
-    Readdir,
-    Readdirplus,
-    Releasedir,
-    Fsyncdir,
-    Statfs,
-    Setxattr,
-    Getxattr,
-    Listxattr,
-    Removexattr,
-    Access,
-    Create,
-    Fallocate,
-    Lseek,
-    CopyFileRange,
-    Forget,
-}
+/// The FUSE operations `fastfs stats` counts, by opcode, with the names it shows.
+pub const OPERATIONS: [(u32, &str); 36] = {
+    use crate::transport::wire::opcode::*;
+    [
+        (LOOKUP, "lookup"),
+        (GETATTR, "getattr"),
+        (SETATTR, "setattr"),
+        (READLINK, "readlink"),
+        (MKNOD, "mknod"),
+        (MKDIR, "mkdir"),
+        (UNLINK, "unlink"),
+        (RMDIR, "rmdir"),
+        (SYMLINK, "symlink"),
+        (RENAME, "rename"),
+        (LINK, "link"),
+        (OPEN, "open"),
+        (READ, "read"),
+        (WRITE, "write"),
+        (FLUSH, "flush"),
+        (RELEASE, "release"),
+        (FSYNC, "fsync"),
+        (OPENDIR, "opendir"),
+        (READDIR, "readdir"),
+        (READDIRPLUS, "readdirplus"),
+        (RELEASEDIR, "releasedir"),
+        (FSYNCDIR, "fsyncdir"),
+        (STATFS, "statfs"),
+        (SETXATTR, "setxattr"),
+        (GETXATTR, "getxattr"),
+        (LISTXATTR, "listxattr"),
+        (REMOVEXATTR, "removexattr"),
+        (ACCESS, "access"),
+        (CREATE, "create"),
+        (FALLOCATE, "fallocate"),
+        (LSEEK, "lseek"),
+        (COPY_FILE_RANGE, "copy_file_range"),
+        (FORGET, "forget"),
+        (GETLK, "getlk"),
+        (SETLK, "setlk"),
+        (INTERRUPT, "interrupt"),
+    ]
+};
 
-impl Op {
-    pub const COUNT: usize = 33;
-    pub const NAMES: [&'static str; Op::COUNT] = [
-        "lookup",
-        "getattr",
-        "setattr",
-        "readlink",
-        "mknod",
-        "mkdir",
-        "unlink",
-        "rmdir",
-        "symlink",
-        "rename",
-        "link",
-        "open",
-        "read",
-        "write",
-        "flush",
-        "release",
-        "fsync",
-        "opendir",
-        "readdir",
-        "readdirplus",
-        "releasedir",
-        "fsyncdir",
-        "statfs",
-        "setxattr",
-        "getxattr",
-        "listxattr",
-        "removexattr",
-        "access",
-        "create",
-        "fallocate",
-        "lseek",
-        "copy_file_range",
-        "forget",
-    ];
-}
+/// Opcodes are small numbers; counters are kept for all below this.
+const OPCODE_LIMIT: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -97,7 +66,7 @@ pub struct Stats {
     /// CREATE requests for a name that existed in BACKING (the kernel believed it absent).
     pub create_found_existing: AtomicU64,
     pub requests: AtomicU64,
-    /// Requests by operation, indexed by `Op as usize`.
+    /// Requests by opcode.
     by_op: OpCounters,
     /// Requests being served right now, and the most there ever were at once.
     in_flight: AtomicU64,
@@ -105,7 +74,7 @@ pub struct Stats {
 }
 
 #[derive(Debug)]
-struct OpCounters([AtomicU64; Op::COUNT]);
+struct OpCounters([AtomicU64; OPCODE_LIMIT]);
 
 impl Default for OpCounters {
     fn default() -> Self {
@@ -134,7 +103,7 @@ pub struct Snapshot {
     pub create_found_existing: u64,
     pub requests: u64,
     pub max_in_flight: u64,
-    /// Requests by operation, in the order of [`Op::NAMES`].
+    /// Requests by operation, in the order of [`OPERATIONS`].
     pub by_op: Vec<u64>,
     pub inodes: u64,
     pub open_handles: u64,
@@ -147,10 +116,12 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts a request; it stays in flight while the returned guard lives.
-    pub fn request(&self, op: Op) -> InFlight<'_> {
+    /// Counts a request with `opcode`; it stays in flight while the returned guard lives.
+    pub fn request(&self, opcode: u32) -> InFlight<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.by_op.0[op as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(counter) = self.by_op.0.get(opcode as usize) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_in_flight.fetch_max(now, Ordering::Relaxed);
         InFlight(self)
@@ -168,7 +139,10 @@ impl Stats {
             create_found_existing: get(&self.create_found_existing),
             requests: get(&self.requests),
             max_in_flight: get(&self.max_in_flight),
-            by_op: self.by_op.0.iter().map(get).collect(),
+            by_op: OPERATIONS
+                .iter()
+                .map(|&(opcode, _)| get(&self.by_op.0[opcode as usize]))
+                .collect(),
             inodes: 0,
             open_handles: 0,
             credential_switches: 0,
@@ -179,8 +153,9 @@ impl Stats {
 impl Snapshot {
     /// `name value` lines, in a fixed order.
     pub fn render(&self) -> String {
-        let by_op = Op::NAMES
+        let by_op = OPERATIONS
             .iter()
+            .map(|(_, name)| name)
             .zip(&self.by_op)
             .map(|(name, n)| format!("requests.{name} {n}\n"));
         [

@@ -644,3 +644,90 @@ pub fn raise_effective_capability(cap: u32) -> io::Result<()> {
     let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     check(ret as libc::c_int).map(drop)
 }
+
+/// The FUSE device ioctls: `_IOC(direction, 229, nr, size)`, direction 1 = write
+/// (the kernel reads the argument), 2 = read.
+const fn fuse_dev_ioctl(direction: u64, nr: u64, size: u64) -> u64 {
+    (direction << 30) | (size << 16) | (229 << 8) | nr
+}
+
+/// Safe wrapper for `ioctl(FUSE_DEV_IOC_CLONE)`: a new `/dev/fuse` descriptor attached to
+/// the connection of `session`, with its own queue of requests being served.
+pub fn clone_fuse_device(session: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let fd = openat(None, c"/dev/fuse", libc::O_RDWR, 0)?;
+    let session_fd = session.as_raw_fd() as u32;
+    // SAFETY: the argument is a pointer to a u32 that outlives the call.
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            fuse_dev_ioctl(2, 0, 4) as libc::c_ulong,
+            &session_fd,
+        )
+    };
+    check(ret)?;
+    Ok(fd)
+}
+
+/// Safe wrapper for `ioctl(FUSE_DEV_IOC_BACKING_OPEN)`: registers `file` as a kernel
+/// passthrough backing file of the connection of `dev`; returns its backing id. The
+/// kernel records the calling thread's credentials for I/O through it.
+pub fn fuse_backing_open(dev: BorrowedFd<'_>, file: BorrowedFd<'_>) -> io::Result<u32> {
+    #[repr(C)]
+    struct BackingMap {
+        fd: i32,
+        flags: u32,
+        padding: u64,
+    }
+    let map = BackingMap {
+        fd: file.as_raw_fd(),
+        flags: 0,
+        padding: 0,
+    };
+    // SAFETY: the argument points to a fuse_backing_map that outlives the call.
+    let ret = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            fuse_dev_ioctl(1, 1, std::mem::size_of::<BackingMap>() as u64) as libc::c_ulong,
+            &map,
+        )
+    };
+    check(ret).map(|id| id as u32)
+}
+
+/// Safe wrapper for `ioctl(FUSE_DEV_IOC_BACKING_CLOSE)`.
+pub fn fuse_backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
+    // SAFETY: the argument points to a u32 that outlives the call.
+    let ret = unsafe {
+        libc::ioctl(
+            dev.as_raw_fd(),
+            fuse_dev_ioctl(1, 2, 4) as libc::c_ulong,
+            &id,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Safe wrapper for `read(2)`.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    check_size(unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Safe wrapper for `writev(2)` of `parts`, in order, as one write.
+pub fn writev(fd: BorrowedFd<'_>, parts: &[&[u8]]) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: every iovec points into a slice that outlives the call; writev only reads.
+    check_size(unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) })
+}
+
+/// Safe wrapper for `syncfs(2)`.
+pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain call on a borrowed descriptor.
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
