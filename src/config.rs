@@ -79,6 +79,9 @@ pub struct MountOptions {
     pub dev: bool,
     pub noexec: bool,
     pub noatime: bool,
+    /// Keep inodes as file handles where the kernel allows it (`file_handles=auto`, the
+    /// default), or always by descriptor (`file_handles=off`).
+    pub file_handles: bool,
 }
 
 impl Default for MountOptions {
@@ -93,6 +96,7 @@ impl Default for MountOptions {
             dev: false,
             noexec: false,
             noatime: false,
+            file_handles: true,
         }
     }
 }
@@ -136,6 +140,15 @@ impl MountOptions {
                     }
                 }
                 ("passthrough", Some(v)) => o.passthrough = parse_passthrough(v)?,
+                ("file_handles", Some(v)) => {
+                    o.file_handles = match v {
+                        "auto" => true,
+                        "off" => false,
+                        _ => bail!(
+                            "invalid value '{v}' for option file_handles: expected auto or off"
+                        ),
+                    }
+                }
                 ("cache", Some(v)) => {
                     o.cache = match v {
                         "always" => Cache::Always,
@@ -163,7 +176,7 @@ impl MountOptions {
                     | "noacl",
                     Some(_),
                 ) => bail!("option '{key}' takes no value"),
-                ("threads" | "passthrough" | "cache", None) => {
+                ("threads" | "passthrough" | "cache" | "file_handles", None) => {
                     bail!("option '{key}' needs a value ({key}=...)")
                 }
                 _ => bail!("unknown mount option '{opt}'"),

@@ -177,6 +177,20 @@ impl Credentials {
         Ok(Acting { registrant: None })
     }
 
+    /// Runs `f` with the daemon's rights (e.g. `open_by_handle_at`, which needs
+    /// CAP_DAC_READ_SEARCH) and gives the thread back the identity it had, so that code
+    /// acting as a caller around it goes on as that caller.
+    pub fn briefly_as_daemon<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let before = CURRENT.with_borrow(|current| current.clone());
+        self.become_(self.daemon.clone())?;
+        let result = f();
+        match before {
+            Some(identity) if identity != self.daemon => self.become_(identity)?,
+            _ => {}
+        }
+        result
+    }
+
     /// [`Self::act_as`], keeping CAP_SYS_ADMIN until the returned value is dropped: for
     /// the kernel passthrough registration of a backing file, which needs it, and which
     /// keeps the registering thread's credentials for every write made through that
@@ -353,6 +367,14 @@ mod tests {
             let switches = creds.switches();
             let _again = creds.act_as(&nobody).unwrap();
             assert_eq!(creds.switches(), switches, "no switch to the same identity");
+            assert_eq!(sys::effective_ids(), (65534, 65534));
+            // A daemon call in between leaves the thread acting as nobody.
+            creds
+                .briefly_as_daemon(|| {
+                    assert_eq!(sys::effective_ids().0, 0);
+                    Ok(())
+                })
+                .unwrap();
             assert_eq!(sys::effective_ids(), (65534, 65534));
             let _root = creds.as_daemon().unwrap();
             assert_eq!(sys::effective_ids(), (0, creds.daemon.gid));

@@ -4,6 +4,10 @@
 //! and names that are not a single path component are refused, so nothing done through
 //! the mount reaches outside BACKING and no symlink is ever followed by the daemon.
 //! Errors carry the backing call's errno unchanged.
+//!
+//! A method first finds the descriptors it needs ([`Fs::path_fd`], which may reopen an
+//! inode from its file handle with the daemon's rights), then acts as the caller
+//! ([`crate::creds`]) for the calls it makes on the caller's behalf.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -19,9 +23,12 @@ use crate::copy;
 pub use crate::creds::Caller;
 use crate::creds::Credentials;
 use crate::handle::{Handle, HandleTable};
-use crate::inode::{Inode, InodeTable, NodeId, ROOT_ID};
-use crate::stats::{STATS_XATTR, Snapshot, Stats};
+use crate::inode::{FdCache, FileHandle, Found, Identity, Inode, InodeTable, Key, NodeId, ROOT_ID};
+use crate::stats::{Snapshot, Stats};
 use crate::sys;
+
+pub use crate::dir::DirEntry;
+pub use crate::xattr::Xattr;
 
 /// An inode handed to the kernel together with its attributes.
 #[derive(Debug)]
@@ -55,91 +62,88 @@ pub struct SetAttr {
     pub kill_privileges: bool,
 }
 
-/// An extended attribute value, or only its size when the caller asked for that.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Xattr {
-    Size(u32),
-    Data(Vec<u8>),
-}
-
-/// One directory entry as readdir reports it.
-pub struct DirEntry<'a> {
-    /// The backing `d_ino` (what a native readdir reports).
-    pub ino: u64,
-    /// The cookie that continues the listing after this entry.
-    pub next_offset: u64,
-    /// `S_IFMT` bits of the entry.
-    pub kind: libc::mode_t,
-    pub name: &'a OsStr,
-    /// For readdirplus: the looked-up inode (one lookup counted), except for `.` and `..`.
-    pub entry: Option<Entry>,
-}
-
 /// Flags a backing descriptor is never opened with: creation is done by `create`,
 /// `O_APPEND` is applied by the kernel (and `copy_file_range(2)` refuses it), `O_DIRECT`
 /// would need aligned daemon buffers, and `O_NOFOLLOW` was already applied by the kernel
 /// (on a `/proc/self/fd` path it would open the magic link itself and fail with ELOOP).
-const STRIPPED_OPEN_FLAGS: libc::c_int = libc::O_CREAT
+pub(crate) const STRIPPED_OPEN_FLAGS: libc::c_int = libc::O_CREAT
     | libc::O_EXCL
     | libc::O_NOCTTY
     | libc::O_APPEND
     | libc::O_DIRECT
     | libc::O_NOFOLLOW;
 
+/// How the filesystem keeps inodes and how many descriptors it may use for them.
+#[derive(Debug, Clone, Copy)]
+pub struct FsOptions {
+    /// The daemon's `RLIMIT_NOFILE`.
+    pub fd_limit: u64,
+    /// Keep inodes on the root's mount as file handles where the kernel allows it.
+    pub file_handles: bool,
+}
+
+impl FsOptions {
+    /// Descriptors kept free of inodes: open files, directories being listed, the
+    /// session itself.
+    fn reserve(&self) -> u64 {
+        (self.fd_limit / 8).max(1024).min(self.fd_limit / 2)
+    }
+
+    /// `O_PATH` descriptors cached for inodes kept as handles.
+    fn cache_capacity(&self) -> usize {
+        (self.fd_limit / 4).clamp(64, 8192) as usize
+    }
+
+    /// Inodes that may hold a descriptor of their own before the daemon asks the kernel
+    /// to prune unused ones.
+    fn descriptor_budget(&self) -> usize {
+        (self
+            .fd_limit
+            .saturating_sub(self.reserve())
+            .saturating_sub(self.cache_capacity() as u64))
+        .max(64) as usize
+    }
+}
+
 pub struct Fs {
+    pub(crate) inodes: InodeTable,
+    /// `O_PATH` descriptors of inodes kept as handles.
+    pub(crate) fds: FdCache,
+    /// A descriptor (not `O_PATH`) of the root's mount, for `open_by_handle_at`; `None`
+    /// when inodes are kept by descriptor.
+    mount_fd: Option<OwnedFd>,
+    /// The mount the backing root is on.
+    root_mnt: u64,
     /// The backing root's device, if it is a local disk or memory filesystem (on which a
     /// close needs no flush request: nothing is written back or reported at close).
     local_root_dev: Option<u64>,
-    inodes: InodeTable,
-    handles: HandleTable,
+    pub(crate) handles: HandleTable,
     pub stats: Stats,
     /// Who the daemon is, and how it acts as a caller.
-    creds: Credentials,
+    pub(crate) creds: Credentials,
     /// CREATEs answered with ESTALE, which the kernel retries once.
     stale_creates: StaleCreates,
-    /// Inodes unlinked through the mount whose last name is gone but whose FORGET has not
-    /// arrived yet: our `O_PATH` descriptor still pins their blocks.
+    descriptor_budget: usize,
+    /// Woken when descriptor-holding inodes pass the budget.
+    prune_wanted: (Mutex<bool>, Condvar),
+    /// Descriptor-holding inodes whose last name is gone but whose FORGET has not arrived
+    /// yet: their descriptor still pins the blocks.
     orphans: Mutex<HashSet<NodeId>>,
     orphans_released: Condvar,
-}
-
-/// CREATE requests answered with ESTALE (an existing name the caller may not open), so
-/// that the kernel's retry of the same open is recognised and answered with the refusal.
-#[derive(Default)]
-struct StaleCreates(Mutex<HashMap<(NodeId, CString, u32), Instant>>);
-
-impl StaleCreates {
-    /// How long the kernel's retry may take to arrive.
-    const WINDOW: Duration = Duration::from_secs(1);
-
-    /// Whether `name` in `parent` was answered ESTALE for thread `pid` just before (the
-    /// record is consumed); if not, records it.
-    fn retried(&self, parent: NodeId, name: &CString, pid: u32) -> bool {
-        let now = Instant::now();
-        let mut recent = self.0.lock();
-        if recent
-            .remove(&(parent, name.clone(), pid))
-            .is_some_and(|at| now.duration_since(at) < Self::WINDOW)
-        {
-            return true;
-        }
-        if recent.len() >= 1024 {
-            recent.retain(|_, at| now.duration_since(*at) < Self::WINDOW);
-        }
-        recent.insert((parent, name.clone(), pid), now);
-        false
-    }
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
 const ORPHAN_WAIT: Duration = Duration::from_millis(200);
 
-fn errno(code: i32) -> io::Error {
+/// How long a lookup waits for pruning when inodes hold all the descriptors allowed.
+const DESCRIPTOR_WAIT: Duration = Duration::from_secs(1);
+
+pub(crate) fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
 /// A name from a request as a C string: exactly one path component.
-fn component(name: &OsStr) -> io::Result<CString> {
+pub(crate) fn component(name: &OsStr) -> io::Result<CString> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
         return Err(errno(libc::EINVAL));
@@ -156,30 +160,85 @@ fn timespec(time: Option<SetTime>) -> libc::timespec {
     libc::timespec { tv_sec, tv_nsec }
 }
 
+/// `(mount, device, inode number)` of a `statx` result.
+fn ident(st: &sys::StatMount) -> (u64, u64, u64) {
+    (st.mnt_id, st.st.st_dev, st.st.st_ino)
+}
+
+/// A descriptor of the root's mount that reopens handles, if file handles work here: the
+/// daemon has CAP_DAC_READ_SEARCH and the backing filesystem exports handles. The error
+/// says why not.
+fn handle_mount(root: &OwnedFd) -> io::Result<OwnedFd> {
+    // open_by_handle_at refuses an O_PATH mount descriptor.
+    let mount = sys::openat(
+        None,
+        &sys::proc_fd_path(root.as_fd()),
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+    )?;
+    let (handle_type, bytes) = sys::name_to_handle_at(root.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+    let reopened = sys::open_by_handle_at(mount.as_fd(), handle_type, &bytes, libc::O_PATH)?;
+    let (a, b) = (sys::fstat(root.as_fd())?, sys::fstat(reopened.as_fd())?);
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+        return Err(io::Error::other(
+            "a handle of the root reopened another object",
+        ));
+    }
+    Ok(mount)
+}
+
 impl Fs {
-    /// A filesystem over the directory `root` (an `O_PATH` descriptor of it) that keeps
-    /// at most about `max_inodes` inodes (descriptors) before asking the kernel to forget.
-    pub fn new(root: OwnedFd, max_inodes: usize) -> io::Result<Self> {
-        let root_st = sys::fstat(root.as_fd())?;
+    /// A filesystem over the directory `root` (an `O_PATH` descriptor of it).
+    pub fn new(root: OwnedFd, options: FsOptions) -> io::Result<Self> {
+        let root_st = sys::statx(root.as_fd(), c"", libc::AT_EMPTY_PATH)?;
         let local_root_dev =
-            is_local_disk_fs(&sys::fstatfs(root.as_fd())?).then_some(root_st.st_dev);
+            is_local_disk_fs(&sys::fstatfs(root.as_fd())?).then_some(root_st.st.st_dev);
+        let mount_fd = if options.file_handles {
+            match handle_mount(&root) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    log::info!(
+                        "inodes are kept by descriptor (no file handles here: {e}); \
+                         at most {} at once",
+                        options.descriptor_budget()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Fs {
+            inodes: InodeTable::new(root)?,
+            fds: FdCache::new(options.cache_capacity()),
+            mount_fd,
+            root_mnt: root_st.mnt_id,
             local_root_dev,
-            inodes: InodeTable::new(root, max_inodes)?,
             handles: HandleTable::default(),
             stats: Stats::default(),
             creds: Credentials::of_daemon()?,
             stale_creates: StaleCreates::default(),
+            descriptor_budget: options.descriptor_budget(),
+            prune_wanted: (Mutex::new(false), Condvar::new()),
             orphans: Mutex::new(HashSet::new()),
             orphans_released: Condvar::new(),
         })
+    }
+
+    /// Whether inodes on the root's mount are kept as file handles.
+    pub fn uses_file_handles(&self) -> bool {
+        self.mount_fd.is_some()
     }
 
     /// Whether a close of `inode` may skip the FLUSH request. Network filesystems write
     /// back and report errors at close, so only files on the backing root's own local
     /// filesystem qualify.
     pub fn close_needs_no_flush(&self, inode: &Inode) -> bool {
-        self.local_root_dev == Some(inode.key.dev)
+        let dev = match &inode.identity {
+            Identity::Handle(_) => self.inodes.root_dev(),
+            Identity::Descriptor { dev, .. } => *dev,
+        };
+        self.local_root_dev == Some(dev)
     }
 
     /// Runs `register` (the kernel passthrough registration of a backing file) as
@@ -199,77 +258,219 @@ impl Fs {
     }
 
     pub fn snapshot(&self) -> Snapshot {
+        let (inodes, descriptors) = self.inodes.count_inodes();
+        let (hits, misses, cached) = self.fds.counters();
         Snapshot {
-            inodes: self.inodes.count() as u64,
+            inodes: inodes as u64,
+            inodes_with_descriptor: descriptors as u64,
+            file_handles: u64::from(self.uses_file_handles()),
+            fd_cache_hits: hits,
+            fd_cache_misses: misses,
+            fd_cache_entries: cached as u64,
             open_handles: self.handles.count() as u64,
             credential_switches: self.creds.switches(),
             ..self.stats.snapshot()
         }
     }
 
+    /// An `O_PATH` descriptor of `inode`: its own, a cached one, or one reopened from its
+    /// file handle (which needs the daemon's CAP_DAC_READ_SEARCH; the thread goes on with
+    /// the identity it had). ESTALE when the object no longer exists.
+    pub fn path_fd(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
+        let handle = match &inode.identity {
+            Identity::Descriptor { fd, .. } => return Ok(fd.clone()),
+            Identity::Handle(handle) => handle,
+        };
+        if let Some(fd) = self.fds.get(inode.id) {
+            return Ok(fd);
+        }
+        let mount = self.mount_fd.as_ref().ok_or_else(|| errno(libc::ESTALE))?;
+        let fd = self.creds.briefly_as_daemon(|| {
+            sys::open_by_handle_at(
+                mount.as_fd(),
+                handle.handle_type(),
+                handle.bytes(),
+                libc::O_PATH,
+            )
+        })?;
+        let st = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+        let fd = Arc::new(fd);
+        self.fds.insert(inode.id, fd.clone(), ident(&st));
+        Ok(fd)
+    }
+
+    /// [`Self::path_fd`] of node `id`.
+    pub fn path_fd_of(&self, id: NodeId) -> io::Result<Arc<OwnedFd>> {
+        let inode = self.inodes.get(id)?;
+        self.path_fd(&inode)
+    }
+
+    /// Waits, if inodes hold all the descriptors allowed, for the kernel to let go of some
+    /// (see [`Self::wait_for_pruning`]): a lookup never runs the daemon out of descriptors
+    /// and into EMFILE for its caller.
+    fn make_room_for_a_descriptor(&self) {
+        if self.inodes.descriptor_pressure() < self.descriptor_budget {
+            return;
+        }
+        self.want_pruning();
+        if !self
+            .inodes
+            .wait_for_descriptors(self.descriptor_budget, DESCRIPTOR_WAIT)
+        {
+            log::debug!("descriptor budget still full after waiting; going on");
+        }
+    }
+
+    fn want_pruning(&self) {
+        let (wanted, wake) = &self.prune_wanted;
+        *wanted.lock() = true;
+        wake.notify_one();
+    }
+
+    /// Blocks until inodes hold more descriptors than the budget allows, then returns the
+    /// least recently used of them (files first): node ids to ask the kernel to prune.
+    /// Used only where inodes are kept by descriptor.
+    pub fn wait_for_pruning(&self) -> Vec<NodeId> {
+        let (wanted, wake) = &self.prune_wanted;
+        let mut flag = wanted.lock();
+        loop {
+            let held = self.inodes.descriptor_pressure();
+            let high = self.descriptor_budget - self.descriptor_budget / 8;
+            if *flag || held > high {
+                *flag = false;
+                let target = self.descriptor_budget / 2;
+                if held > target {
+                    drop(flag);
+                    return self.inodes.least_recent_descriptors(held - target);
+                }
+            }
+            wake.wait_for(&mut flag, Duration::from_secs(1));
+        }
+    }
+
     /// Opens `name` in `parent` as `O_PATH` without following it, and counts a lookup.
     /// (Run as the caller, the open needs the caller's search permission on `parent`.)
-    fn lookup_component(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
-        let fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-        self.remember(fd, Some((parent.id, OsStr::from_bytes(name.as_bytes()))))
+    pub(crate) fn lookup_component(&self, parent: &OwnedFd, name: &CString) -> io::Result<Entry> {
+        self.make_room_for_a_descriptor();
+        let fd = sys::openat(
+            Some(parent.as_fd()),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
+        self.remember_opened(fd)
     }
 
-    /// [`Self::lookup_component`] for a directory entry with inode number `d_ino`: one the
-    /// table already holds (listing a directory whose files were looked up or created
-    /// through the mount) costs a single `fstatat`, and no new descriptor.
-    fn lookup_listed(&self, dir: &Inode, name: &CString, d_ino: u64) -> io::Result<Entry> {
-        if self.inodes.probably_holds(d_ino) {
-            let st = sys::fstatat(dir.fd(), name, libc::AT_SYMLINK_NOFOLLOW)?;
-            let found_as = Some((dir.id, OsStr::from_bytes(name.as_bytes())));
-            if let Some(inode) = self.inodes.remember_held(&st, found_as) {
-                return Ok(Entry { inode, st });
+    /// Counts a lookup of the object `fd` (an `O_PATH` descriptor) refers to.
+    fn remember_opened(&self, fd: OwnedFd) -> io::Result<Entry> {
+        let st = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+        // An object whose descriptor is cached is known by its numbers alone.
+        if let Some(id) = self.fds.pinned(ident(&st))
+            && let Some(inode) = self.inodes.add_lookup_of(id)
+        {
+            return Ok(Entry { inode, st: st.st });
+        }
+        if self.uses_file_handles() && st.mnt_id == self.root_mnt {
+            match sys::name_to_handle_at(fd.as_fd(), c"", libc::AT_EMPTY_PATH) {
+                Ok((handle_type, bytes)) => {
+                    let inode = self.inodes.remember(Found {
+                        identity: Identity::Handle(FileHandle::new(handle_type, &bytes)),
+                        st: st.st,
+                    });
+                    self.fds.insert(inode.id, Arc::new(fd), ident(&st));
+                    return Ok(Entry { inode, st: st.st });
+                }
+                Err(e) => log::debug!("no file handle ({e}); keeping the descriptor"),
             }
         }
-        self.lookup_component(dir, name)
+        let inode = self.inodes.remember(Found {
+            identity: Identity::Descriptor {
+                fd: Arc::new(fd),
+                mnt: st.mnt_id,
+                dev: st.st.st_dev,
+                ino: st.st.st_ino,
+            },
+            st: st.st,
+        });
+        Ok(Entry { inode, st: st.st })
     }
 
-    fn remember(&self, fd: OwnedFd, found_as: Option<(NodeId, &OsStr)>) -> io::Result<Entry> {
-        let st = sys::fstat(fd.as_fd())?;
-        let inode = self.inodes.remember(fd, &st, found_as);
-        Ok(Entry { inode, st })
-    }
-
-    /// Blocks until the inode table needs relief; see [`InodeTable`].
-    pub fn wait_for_eviction_candidates(&self) -> Vec<crate::inode::EvictionHint> {
-        self.inodes.wait_for_eviction_candidates()
+    /// [`Self::lookup_component`] for an entry of a directory being listed: a known or
+    /// handle-kept object costs `statx` (and `name_to_handle_at`), no descriptor.
+    /// `Ok(None)`: the entry goes without attributes (inodes hold every descriptor allowed),
+    /// and the kernel looks it up when it needs it.
+    pub(crate) fn lookup_listed(&self, dir: &OwnedFd, name: &CString) -> io::Result<Option<Entry>> {
+        let st = sys::statx(dir.as_fd(), name, 0)?;
+        if let Some(id) = self.fds.pinned(ident(&st))
+            && let Some(inode) = self.inodes.add_lookup_of(id)
+        {
+            return Ok(Some(Entry { inode, st: st.st }));
+        }
+        if self.uses_file_handles() && st.mnt_id == self.root_mnt {
+            let (handle_type, bytes) = sys::name_to_handle_at(dir.as_fd(), name, 0)?;
+            let inode = self.inodes.remember(Found {
+                identity: Identity::Handle(FileHandle::new(handle_type, &bytes)),
+                st: st.st,
+            });
+            return Ok(Some(Entry { inode, st: st.st }));
+        }
+        let key = Key::Pinned {
+            mnt: st.mnt_id,
+            dev: st.st.st_dev,
+            ino: st.st.st_ino,
+        };
+        if let Some(inode) = self.inodes.remember_known(key) {
+            return Ok(Some(Entry { inode, st: st.st }));
+        }
+        if self.inodes.descriptor_pressure() >= self.descriptor_budget {
+            self.want_pruning();
+            return Ok(None);
+        }
+        self.lookup_component(dir, name).map(Some)
     }
 
     pub fn lookup(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<Entry> {
         let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd(&parent)?;
         let _as = self.creds.act_as(caller)?;
         match name.as_bytes() {
             b"." => self.add_lookup(parent),
             // The root's parent is outside BACKING: the mount root is its own parent.
             b".." if parent.id == ROOT_ID => self.add_lookup(parent),
             b".." => {
-                let fd = sys::openat(Some(parent.fd()), c"..", libc::O_PATH | libc::O_NOFOLLOW, 0)?;
-                // No eviction hint: ".." is not a name the directory's parent knows.
-                self.remember(fd, None)
+                self.make_room_for_a_descriptor();
+                let fd = sys::openat(
+                    Some(parent_fd.as_fd()),
+                    c"..",
+                    libc::O_PATH | libc::O_NOFOLLOW,
+                    0,
+                )?;
+                self.remember_opened(fd)
             }
-            _ => self.lookup_component(&parent, &component(name)?),
+            _ => self.lookup_component(&parent_fd, &component(name)?),
         }
     }
 
     fn add_lookup(&self, inode: Arc<Inode>) -> io::Result<Entry> {
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat(self.path_fd(&inode)?.as_fd())?;
         self.inodes.add_lookup(&inode);
         Ok(Entry { inode, st })
     }
 
     pub fn forget(&self, id: NodeId, count: u64) {
-        if self.inodes.forget(id, count) && self.orphans.lock().remove(&id) {
-            self.orphans_released.notify_all();
+        if let Some(inode) = self.inodes.forget(id, count) {
+            self.fds.remove(id);
+            if self.orphans.lock().remove(&id) {
+                self.orphans_released.notify_all();
+            }
+            drop(inode);
         }
     }
 
     /// Runs an operation that allocates space; on ENOSPC, when files deleted through the
-    /// mount still await their FORGET (the kernel sends it just after the unlink reply),
-    /// waits briefly for their space and tries once more. Natively, unlink frees at once.
+    /// mount are still held by an inode's own descriptor until their FORGET (the kernel
+    /// sends it just after the unlink reply), waits briefly for their space and tries
+    /// once more. Inodes kept as handles hold nothing, so their space is free at once.
     fn allocating<T>(&self, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
         match op() {
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
@@ -277,7 +478,7 @@ impl Fs {
                 if orphans.is_empty() {
                     return Err(e);
                 }
-                let deadline = std::time::Instant::now() + ORPHAN_WAIT;
+                let deadline = Instant::now() + ORPHAN_WAIT;
                 while !orphans.is_empty() {
                     if self
                         .orphans_released
@@ -294,8 +495,15 @@ impl Fs {
         }
     }
 
-    pub fn getattr(&self, id: NodeId) -> io::Result<libc::stat> {
-        sys::fstat(self.inodes.get(id)?.fd())
+    /// Attributes of `id`; through the open file `fh` when the kernel names one (a file
+    /// unlinked while open has no other way to it).
+    pub fn getattr(&self, id: NodeId, fh: Option<u64>) -> io::Result<Entry> {
+        let inode = self.inodes.get(id)?;
+        let st = match fh.and_then(|fh| self.handles.get(fh).ok()) {
+            Some(handle) => sys::fstat(handle.fd())?,
+            None => sys::fstat(self.path_fd(&inode)?.as_fd())?,
+        };
+        Ok(Entry { inode, st })
     }
 
     pub fn setattr(
@@ -304,11 +512,12 @@ impl Fs {
         fh: Option<u64>,
         change: SetAttr,
         caller: &Caller,
-    ) -> io::Result<libc::stat> {
+    ) -> io::Result<Entry> {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
+        let fd = self.path_fd(&inode)?;
         if change.kill_privileges {
-            self.kill_privileges(&inode, caller)?;
+            self.kill_privileges(&inode, &fd, caller)?;
         }
         // As the caller, the backing filesystem applies its own rules: only the owner
         // may chmod or set times, chgrp only to the owner's groups, set-gid is dropped by
@@ -316,11 +525,11 @@ impl Fs {
         // bits for the unprivileged.
         let _as = self.creds.act_as(caller)?;
         if let Some(mode) = change.mode {
-            sys::chmod(&sys::proc_fd_path(inode.fd()), mode & 0o7777)?;
+            sys::chmod(&sys::proc_fd_path(fd.as_fd()), mode & 0o7777)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
             sys::fchown_fd(
-                inode.fd(),
+                fd.as_fd(),
                 change.uid.unwrap_or(u32::MAX),
                 change.gid.unwrap_or(u32::MAX),
             )?;
@@ -328,16 +537,17 @@ impl Fs {
         if let Some(size) = change.size {
             match &handle {
                 Some(h) => sys::ftruncate(h.fd(), size)?,
-                None => sys::truncate(&sys::proc_fd_path(inode.fd()), size)?,
+                None => sys::truncate(&sys::proc_fd_path(fd.as_fd()), size)?,
             }
         }
         if change.atime.is_some() || change.mtime.is_some() {
             sys::futimens_fd(
-                inode.fd(),
+                fd.as_fd(),
                 &[timespec(change.atime), timespec(change.mtime)],
             )?;
         }
-        sys::fstat(inode.fd())
+        let st = sys::fstat(fd.as_fd())?;
+        Ok(Entry { inode, st })
     }
 
     /// Drops set-user-id, set-group-id and file capabilities of `inode` for `caller`, as
@@ -350,12 +560,12 @@ impl Fs {
     /// file reaches the daemon as the same empty SETATTR), so when the caller is not the
     /// owner the daemon drops the bits itself only if the caller may write the file:
     /// natively its next write would drop them anyway.
-    fn kill_privileges(&self, inode: &Inode, caller: &Caller) -> io::Result<()> {
+    fn kill_privileges(&self, inode: &Inode, fd: &OwnedFd, caller: &Caller) -> io::Result<()> {
         let as_caller = {
             let _as = self.creds.act_as(caller)?;
-            match sys::fchown_fd(inode.fd(), u32::MAX, u32::MAX) {
+            match sys::fchown_fd(fd.as_fd(), u32::MAX, u32::MAX) {
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                    Some(sys::access_as_effective(inode.fd(), libc::W_OK).map_err(|_| e))
+                    Some(sys::access_as_effective(fd.as_fd(), libc::W_OK).map_err(|_| e))
                 }
                 other => {
                     other?;
@@ -372,28 +582,23 @@ impl Fs {
         // when the writer is outside the file's group.
         let in_group = |gid| self.creds.in_group(caller, gid);
         let _daemon = self.creds.as_daemon()?;
-        let st = sys::fstat(inode.fd())?;
+        let st = sys::fstat(fd.as_fd())?;
         let mut mode = st.st_mode & 0o7777;
         mode &= !libc::S_ISUID;
         if mode & libc::S_IXGRP != 0 || !in_group(st.st_gid) {
             mode &= !libc::S_ISGID;
         }
         if inode.kind == libc::S_IFREG && mode != st.st_mode & 0o7777 {
-            sys::chmod(&sys::proc_fd_path(inode.fd()), mode)?;
+            sys::chmod(&sys::proc_fd_path(fd.as_fd()), mode)?;
         }
-        match sys::removexattr(&sys::proc_fd_path(inode.fd()), c"security.capability") {
+        match sys::removexattr(&sys::proc_fd_path(fd.as_fd()), c"security.capability") {
             Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
             _ => Ok(()),
         }
     }
 
     pub fn readlink(&self, id: NodeId) -> io::Result<Vec<u8>> {
-        sys::readlink_fd(self.inodes.get(id)?.fd())
-    }
-
-    /// Counts a lookup of the `name` just created in `parent` (by the caller, who owns it).
-    fn created(&self, parent: &Inode, name: &CString) -> io::Result<Entry> {
-        self.lookup_component(parent, name)
+        sys::readlink_fd(self.path_fd_of(id)?.as_fd())
     }
 
     pub fn mkdir(
@@ -404,11 +609,11 @@ impl Fs {
         umask: u32,
         caller: &Caller,
     ) -> io::Result<Entry> {
-        let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
-        sys::mkdirat(parent.fd(), &name, mode)?;
-        self.created(&parent, &name)
+        sys::mkdirat(parent_fd.as_fd(), &name, mode)?;
+        self.lookup_component(&parent_fd, &name)
     }
 
     pub fn mknod(
@@ -420,11 +625,11 @@ impl Fs {
         rdev: u32,
         caller: &Caller,
     ) -> io::Result<Entry> {
-        let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
-        sys::mknodat(parent.fd(), &name, mode, libc::dev_t::from(rdev))?;
-        self.created(&parent, &name)
+        sys::mknodat(parent_fd.as_fd(), &name, mode, libc::dev_t::from(rdev))?;
+        self.lookup_component(&parent_fd, &name)
     }
 
     pub fn symlink(
@@ -434,11 +639,11 @@ impl Fs {
         target: &OsStr,
         caller: &Caller,
     ) -> io::Result<Entry> {
-        let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         let _as = self.creds.act_as(caller)?;
-        sys::symlinkat(&sys::cstr(target)?, parent.fd(), &name)?;
-        self.created(&parent, &name)
+        sys::symlinkat(&sys::cstr(target)?, parent_fd.as_fd(), &name)?;
+        self.lookup_component(&parent_fd, &name)
     }
 
     pub fn link(
@@ -449,15 +654,16 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<Entry> {
         let inode = self.inodes.get(id)?;
-        let new_parent = self.inodes.get(new_parent)?;
+        let fd = self.path_fd(&inode)?;
+        let parent_fd = self.path_fd_of(new_parent)?;
         let new_name = component(new_name)?;
         let _as = self.creds.act_as(caller)?;
         // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc (where
         // the kernel applies protected_hardlinks to the caller, as natively).
         let linked = sys::linkat(
-            Some(inode.fd()),
+            Some(fd.as_fd()),
             c"",
-            new_parent.fd(),
+            parent_fd.as_fd(),
             &new_name,
             libc::AT_EMPTY_PATH,
         );
@@ -465,8 +671,8 @@ impl Fs {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EPERM)) => {
                 sys::linkat(
                     None,
-                    &sys::proc_fd_path(inode.fd()),
-                    new_parent.fd(),
+                    &sys::proc_fd_path(fd.as_fd()),
+                    parent_fd.as_fd(),
                     &new_name,
                     libc::AT_SYMLINK_FOLLOW,
                 )?;
@@ -476,24 +682,39 @@ impl Fs {
         self.add_lookup(inode)
     }
 
-    pub fn unlink(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
-        let parent = self.inodes.get(parent)?;
-        let name = component(name)?;
-        let _as = self.creds.act_as(caller)?;
-        let doomed = sys::fstatat(parent.fd(), &name, libc::AT_SYMLINK_NOFOLLOW).ok();
-        sys::unlinkat(parent.fd(), &name, 0)?;
-        if let Some(st) = doomed.filter(|st| st.st_nlink == 1)
-            && let Some(id) = self.inodes.known_id(&st)
-        {
+    /// Forgets the cached descriptor of the object at `name` in `dir` if `before` (its
+    /// `statx` just before an unlink or a rename over it) was its last name: a cached
+    /// descriptor must not keep a deleted file's blocks. An inode that holds its own
+    /// descriptor keeps them until its FORGET; it is recorded as an orphan.
+    fn last_name_gone(&self, before: Option<sys::StatMount>) {
+        let Some(st) = before.filter(|st| st.st.st_nlink == 1) else {
+            return;
+        };
+        self.fds.remove_object(ident(&st));
+        let key = Key::Pinned {
+            mnt: st.mnt_id,
+            dev: st.st.st_dev,
+            ino: st.st.st_ino,
+        };
+        if let Some(id) = self.inodes.known(key) {
             self.orphans.lock().insert(id);
         }
+    }
+
+    pub fn unlink(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
+        let parent_fd = self.path_fd_of(parent)?;
+        let name = component(name)?;
+        let _as = self.creds.act_as(caller)?;
+        let before = sys::statx(parent_fd.as_fd(), &name, 0).ok();
+        sys::unlinkat(parent_fd.as_fd(), &name, 0)?;
+        self.last_name_gone(before);
         Ok(())
     }
 
     pub fn rmdir(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
-        let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
         let _as = self.creds.act_as(caller)?;
-        sys::unlinkat(parent.fd(), &component(name)?, libc::AT_REMOVEDIR)
+        sys::unlinkat(parent_fd.as_fd(), &component(name)?, libc::AT_REMOVEDIR)
     }
 
     /// `renameat2(2)` with the request's flags (NOREPLACE, EXCHANGE, WHITEOUT) unchanged.
@@ -506,24 +727,35 @@ impl Fs {
         flags: u32,
         caller: &Caller,
     ) -> io::Result<()> {
-        let parent = self.inodes.get(parent)?;
-        let new_parent = self.inodes.get(new_parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
+        let new_parent_fd = self.path_fd_of(new_parent)?;
+        let (name, new_name) = (component(name)?, component(new_name)?);
         let _as = self.creds.act_as(caller)?;
+        let replaced = if flags & libc::RENAME_EXCHANGE == 0 {
+            sys::statx(new_parent_fd.as_fd(), &new_name, 0)
+                .ok()
+                .filter(|st| st.st.st_mode & libc::S_IFMT != libc::S_IFDIR)
+        } else {
+            None
+        };
         sys::renameat2(
-            parent.fd(),
-            &component(name)?,
-            new_parent.fd(),
-            &component(new_name)?,
+            parent_fd.as_fd(),
+            &name,
+            new_parent_fd.as_fd(),
+            &new_name,
             flags,
-        )
+        )?;
+        self.last_name_gone(replaced);
+        Ok(())
     }
 
-    /// Reopens the object of `inode` with real access through `/proc/self/fd`. The magic
-    /// link leads to that very object (so no `O_NOFOLLOW`, which would open the link).
-    fn reopen(&self, inode: &Inode, flags: libc::c_int) -> io::Result<OwnedFd> {
+    /// Reopens the object of `fd` (an `O_PATH` descriptor) with real access through
+    /// `/proc/self/fd`. The magic link leads to that very object (so no `O_NOFOLLOW`,
+    /// which would open the link).
+    pub(crate) fn reopen(&self, fd: &OwnedFd, flags: libc::c_int) -> io::Result<OwnedFd> {
         sys::openat(
             None,
-            &sys::proc_fd_path(inode.fd()),
+            &sys::proc_fd_path(fd.as_fd()),
             flags & !STRIPPED_OPEN_FLAGS,
             0,
         )
@@ -536,20 +768,22 @@ impl Fs {
         if inode.kind == libc::S_IFLNK {
             return Err(errno(libc::ELOOP));
         }
+        let path_fd = self.path_fd(&inode)?;
         let fd = {
             let _as = self.creds.act_as(caller)?;
-            self.reopen(&inode, flags)?
+            self.reopen(&path_fd, flags)?
         };
-        Ok(self.handles.insert(Handle::new(inode, fd)))
+        Ok(self.handles.insert(inode, fd))
     }
 
     pub fn opendir(&self, id: NodeId, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
         let inode = self.inodes.get(id)?;
+        let path_fd = self.path_fd(&inode)?;
         let fd = {
             let _as = self.creds.act_as(caller)?;
-            self.reopen(&inode, libc::O_RDONLY | libc::O_DIRECTORY)?
+            self.reopen(&path_fd, libc::O_RDONLY | libc::O_DIRECTORY)?
         };
-        Ok(self.handles.insert(Handle::new(inode, fd)))
+        Ok(self.handles.insert(inode, fd))
     }
 
     /// Creates `name` as the caller and opens it. The backing create always uses
@@ -572,14 +806,14 @@ impl Fs {
         flags: i32,
         caller: &Caller,
     ) -> io::Result<(Entry, u64, Arc<Handle>)> {
-        let parent = self.inodes.get(parent)?;
+        let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         let create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
         let mut vanished = 0;
         let (fd, path_fd) = loop {
             match sys::openat(
-                Some(parent.fd()),
+                Some(parent_fd.as_fd()),
                 &name,
                 create_flags | libc::O_NOFOLLOW,
                 mode,
@@ -593,13 +827,13 @@ impl Fs {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                     self.stats.count(&self.stats.create_found_existing, 1);
-                    match self.open_existing(&parent, &name, flags) {
+                    match self.open_existing(&parent_fd, &name, flags) {
                         Ok(opened) => break opened,
                         // Gone again: create it after all.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && vanished < 3 => {
                             vanished += 1
                         }
-                        Err(e) if self.stale_creates.retried(parent.id, &name, caller.pid) => {
+                        Err(e) if self.stale_creates.retried(parent, &name, caller.pid) => {
                             return Err(e);
                         }
                         Err(_) => return Err(errno(libc::ESTALE)),
@@ -608,9 +842,8 @@ impl Fs {
                 Err(e) => return Err(e),
             }
         };
-        let found_as = (parent.id, OsStr::from_bytes(name.as_bytes()));
-        let entry = self.remember(path_fd, Some(found_as))?;
-        let (fh, handle) = self.handles.insert(Handle::new(entry.inode.clone(), fd));
+        let entry = self.remember_opened(path_fd)?;
+        let (fh, handle) = self.handles.insert(entry.inode.clone(), fd);
         Ok((entry, fh, handle))
     }
 
@@ -619,20 +852,20 @@ impl Fs {
     /// `O_PATH` descriptors.
     fn open_existing(
         &self,
-        parent: &Inode,
+        parent_fd: &OwnedFd,
         name: &CString,
         flags: i32,
     ) -> io::Result<(OwnedFd, OwnedFd)> {
-        let path_fd = sys::openat(Some(parent.fd()), name, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let path_fd = sys::openat(
+            Some(parent_fd.as_fd()),
+            name,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
         if sys::fstat(path_fd.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(errno(libc::EEXIST));
         }
-        let fd = sys::openat(
-            None,
-            &sys::proc_fd_path(path_fd.as_fd()),
-            flags & !STRIPPED_OPEN_FLAGS,
-            0,
-        )?;
+        let fd = self.reopen(&path_fd, flags)?;
         Ok((fd, path_fd))
     }
 
@@ -705,182 +938,55 @@ impl Fs {
         })
     }
 
-    /// Lists the directory of handle `fh` from `offset` (0, or a `next_offset` returned
-    /// before). `sink` takes entries until it returns `false` (reply buffer full); an entry
-    /// it refuses is not consumed, and with `plus` its counted lookup is returned.
-    pub fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        plus: bool,
-        sink: &mut dyn FnMut(DirEntry<'_>) -> bool,
-    ) -> io::Result<()> {
-        let handle = self.handles.get(fh)?;
-        let dir = handle.inode.clone();
-        // The caller opened the directory (with its read permission); the entries'
-        // attributes are looked up with the daemon's rights, so that a caller who may read
-        // but not search the directory still gets its names, as natively. The kernel
-        // checks search permission before it lets anyone use one.
-        let _daemon = self.creds.as_daemon()?;
-        let _position = handle.lock_dir_position();
-        sys::lseek(handle.fd(), offset as i64, libc::SEEK_SET)?;
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let len = sys::getdents64(handle.fd(), &mut buf)?;
-            if len == 0 {
-                return Ok(());
-            }
-            for raw in RawDirents::new(&buf[..len]) {
-                let name = OsStr::from_bytes(raw.name);
-                let dot = raw.name == b"." || raw.name == b"..";
-                // `.` and `..` that name the backing root are the mount root, node 1, as
-                // `stat` says (the root's own `..` leads outside: the root is its parent).
-                let names_root = dir.key.dev == self.inodes.root_key().dev
-                    && (raw.d_ino == self.inodes.root_key().ino || (dir.id == ROOT_ID && dot));
-                let d_ino = if dot && names_root {
-                    ROOT_ID
-                } else {
-                    raw.d_ino
-                };
-                let mut kind = dtype_to_mode(raw.d_type);
-                let entry = if plus && !dot {
-                    match self.lookup_listed(&dir, &sys::cstr(name)?, raw.d_ino) {
-                        Ok(e) => Some(e),
-                        // Gone since getdents: skip it, as a later readdir would.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                        Err(e) => return Err(e),
-                    }
-                } else {
-                    None
-                };
-                if kind == 0 {
-                    kind = match &entry {
-                        Some(e) => e.st.st_mode & libc::S_IFMT,
-                        None => {
-                            sys::fstatat(handle.fd(), &sys::cstr(name)?, libc::AT_SYMLINK_NOFOLLOW)
-                                .map_or(libc::S_IFREG, |st| st.st_mode & libc::S_IFMT)
-                        }
-                    };
-                }
-                let counted = entry.as_ref().map(|e| e.inode.id);
-                let accepted = sink(DirEntry {
-                    ino: d_ino,
-                    next_offset: raw.d_off,
-                    kind,
-                    name,
-                    entry,
-                });
-                if !accepted {
-                    if let Some(id) = counted {
-                        self.inodes.forget(id, 1);
-                    }
-                    return Ok(());
-                }
-            }
-        }
-    }
-
     /// Writes back the backing filesystem (`sync` in the mount).
     pub fn syncfs(&self) -> io::Result<()> {
-        let root = self.inodes.get(ROOT_ID)?;
         let _daemon = self.creds.as_daemon()?;
         // syncfs(2) refuses O_PATH descriptors.
-        let dir = self.reopen(&root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let dir = sys::openat(
+            None,
+            &sys::proc_fd_path(self.inodes.root_fd()),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )?;
         sys::syncfs(dir.as_fd())
     }
 
     pub fn statfs(&self, id: NodeId) -> io::Result<libc::statvfs> {
-        sys::fstatvfs(self.inodes.get(id)?.fd())
+        sys::fstatvfs(self.path_fd_of(id)?.as_fd())
     }
 
     pub fn access(&self, id: NodeId, mask: i32, caller: &Caller) -> io::Result<()> {
-        let inode = self.inodes.get(id)?;
+        let fd = self.path_fd_of(id)?;
         let _as = self.creds.act_as(caller)?;
-        sys::access_as_effective(inode.fd(), mask)
-    }
-
-    fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
-        id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
-    }
-
-    /// Extended attributes are read, listed and changed as the caller: the backing
-    /// filesystem decides who sees `trusted.*` and who may set `user.*` or ACLs (and a
-    /// new access ACL drops set-gid for a caller outside the group, as natively).
-    pub fn getxattr(
-        &self,
-        id: NodeId,
-        name: &OsStr,
-        size: u32,
-        caller: &Caller,
-    ) -> io::Result<Xattr> {
-        if Self::is_stats_xattr(id, name) {
-            return sized(self.snapshot().render().into_bytes(), size);
-        }
-        let inode = self.inodes.get(id)?;
-        let _as = self.creds.act_as(caller)?;
-        let path = sys::proc_fd_path(inode.fd());
-        let name = sys::cstr(name)?;
-        if size == 0 {
-            return Ok(Xattr::Size(sys::getxattr(&path, &name, &mut [])? as u32));
-        }
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(&path, &name, &mut buf)?;
-        buf.truncate(n);
-        Ok(Xattr::Data(buf))
-    }
-
-    pub fn listxattr(&self, id: NodeId, size: u32, caller: &Caller) -> io::Result<Xattr> {
-        let inode = self.inodes.get(id)?;
-        let _as = self.creds.act_as(caller)?;
-        let path = sys::proc_fd_path(inode.fd());
-        if size == 0 {
-            return Ok(Xattr::Size(sys::listxattr(&path, &mut [])? as u32));
-        }
-        let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(&path, &mut buf)?;
-        buf.truncate(n);
-        Ok(Xattr::Data(buf))
-    }
-
-    pub fn setxattr(
-        &self,
-        id: NodeId,
-        name: &OsStr,
-        value: &[u8],
-        flags: i32,
-        caller: &Caller,
-    ) -> io::Result<()> {
-        if Self::is_stats_xattr(id, name) {
-            return Err(errno(libc::EPERM));
-        }
-        let inode = self.inodes.get(id)?;
-        let _as = self.creds.act_as(caller)?;
-        sys::setxattr(
-            &sys::proc_fd_path(inode.fd()),
-            &sys::cstr(name)?,
-            value,
-            flags,
-        )
-    }
-
-    pub fn removexattr(&self, id: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
-        if Self::is_stats_xattr(id, name) {
-            return Err(errno(libc::EPERM));
-        }
-        let inode = self.inodes.get(id)?;
-        let _as = self.creds.act_as(caller)?;
-        sys::removexattr(&sys::proc_fd_path(inode.fd()), &sys::cstr(name)?)
+        sys::access_as_effective(fd.as_fd(), mask)
     }
 }
 
-/// A value for a getxattr-style reply: the size when `size` is 0, `ERANGE` when too small.
-fn sized(data: Vec<u8>, size: u32) -> io::Result<Xattr> {
-    if size == 0 {
-        Ok(Xattr::Size(data.len() as u32))
-    } else if data.len() > size as usize {
-        Err(errno(libc::ERANGE))
-    } else {
-        Ok(Xattr::Data(data))
+/// CREATE requests answered with ESTALE (an existing name the caller may not open), so
+/// that the kernel's retry of the same open is recognised and answered with the refusal.
+#[derive(Default)]
+struct StaleCreates(Mutex<HashMap<(NodeId, CString, u32), Instant>>);
+
+impl StaleCreates {
+    /// How long the kernel's retry may take to arrive.
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// Whether `name` in `parent` was answered ESTALE for thread `pid` just before (the
+    /// record is consumed); if not, records it.
+    fn retried(&self, parent: NodeId, name: &CString, pid: u32) -> bool {
+        let now = Instant::now();
+        let mut recent = self.0.lock();
+        if recent
+            .remove(&(parent, name.clone(), pid))
+            .is_some_and(|at| now.duration_since(at) < Self::WINDOW)
+        {
+            return true;
+        }
+        if recent.len() >= 1024 {
+            recent.retain(|_, at| now.duration_since(*at) < Self::WINDOW);
+        }
+        recent.insert((parent, name.clone(), pid), now);
+        false
     }
 }
 
@@ -891,70 +997,11 @@ fn is_local_disk_fs(st: &libc::statfs) -> bool {
     LOCAL.contains(&st.f_type)
 }
 
-fn dtype_to_mode(d_type: u8) -> libc::mode_t {
-    match d_type {
-        libc::DT_REG => libc::S_IFREG,
-        libc::DT_DIR => libc::S_IFDIR,
-        libc::DT_LNK => libc::S_IFLNK,
-        libc::DT_FIFO => libc::S_IFIFO,
-        libc::DT_SOCK => libc::S_IFSOCK,
-        libc::DT_CHR => libc::S_IFCHR,
-        libc::DT_BLK => libc::S_IFBLK,
-        _ => 0,
-    }
-}
-
-/// One `linux_dirent64` record.
-struct RawDirent<'a> {
-    d_ino: u64,
-    d_off: u64,
-    d_type: u8,
-    name: &'a [u8],
-}
-
-/// Iterates the records `getdents64(2)` wrote into a buffer.
-struct RawDirents<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> RawDirents<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        RawDirents { buf }
-    }
-}
-
-impl<'a> Iterator for RawDirents<'a> {
-    type Item = RawDirent<'a>;
-
-    fn next(&mut self) -> Option<RawDirent<'a>> {
-        // Layout: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, NUL-terminated name.
-        const NAME_AT: usize = 19;
-        if self.buf.len() < NAME_AT {
-            return None;
-        }
-        let d_ino = u64::from_ne_bytes(self.buf[0..8].try_into().ok()?);
-        let d_off = u64::from_ne_bytes(self.buf[8..16].try_into().ok()?);
-        let reclen = u16::from_ne_bytes(self.buf[16..18].try_into().ok()?) as usize;
-        if reclen < NAME_AT || reclen > self.buf.len() {
-            return None;
-        }
-        let d_type = self.buf[18];
-        let name_field = &self.buf[NAME_AT..reclen];
-        let name_len = name_field.iter().position(|&b| b == 0)?;
-        let record = RawDirent {
-            d_ino,
-            d_off,
-            d_type,
-            name: &name_field[..name_len],
-        };
-        self.buf = &self.buf[reclen..];
-        Some(record)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::STATS_XATTR;
+    use crate::xattr::Xattr;
     use std::path::Path;
 
     const ME: &Caller = &Caller {
@@ -966,7 +1013,19 @@ mod tests {
     fn fs_over(dir: &Path) -> Fs {
         let c = CString::new(dir.as_os_str().as_bytes()).unwrap();
         let root = sys::openat(None, &c, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        Fs::new(root, 1 << 20).unwrap()
+        let fs = Fs::new(
+            root,
+            FsOptions {
+                fd_limit: 1 << 16,
+                file_handles: true,
+            },
+        )
+        .unwrap();
+        assert!(
+            fs.uses_file_handles(),
+            "the tests run as root on a local disk"
+        );
+        fs
     }
 
     fn os(s: &str) -> &OsStr {
@@ -1200,6 +1259,7 @@ mod tests {
                 ME,
             )
             .unwrap();
+        let st = st.st;
         assert_eq!(st.st_size, 3);
         assert_eq!(st.st_mode & 0o7777, 0o600);
         assert_eq!((st.st_mtime, st.st_mtime_nsec), (1_000_000_000, 5));
@@ -1228,32 +1288,5 @@ mod tests {
                     .any(|w| w == STATS_XATTR.as_bytes())
             );
         }
-    }
-
-    #[test]
-    fn dirent_parser_reads_records() {
-        let mut buf = Vec::new();
-        for (ino, name) in [(7u64, "a"), (9, "longer-name")] {
-            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
-            buf.extend_from_slice(&ino.to_ne_bytes());
-            buf.extend_from_slice(&(ino * 10).to_ne_bytes());
-            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
-            buf.push(libc::DT_REG);
-            buf.extend_from_slice(name.as_bytes());
-            buf.resize(buf.len() + reclen - 19 - name.len(), 0);
-        }
-        let got: Vec<_> = RawDirents::new(&buf)
-            .map(|d| {
-                (
-                    d.d_ino,
-                    d.d_off,
-                    String::from_utf8_lossy(d.name).into_owned(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![(7, 70, "a".into()), (9, 90, "longer-name".into())]
-        );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use crate::inode::Inode;
+use crate::inode::{Inode, NodeId};
 use crate::passthrough::BackingFile;
 
 /// Who registered a backing file: `(uid, gid)`.
@@ -71,6 +71,8 @@ impl InodeOpenState {
 #[derive(Debug)]
 pub struct Handle {
     pub inode: Arc<Inode>,
+    /// State shared by every open handle of the inode.
+    pub open_state: Arc<InodeOpenState>,
     file: OwnedFd,
     /// Serialises seek + getdents on a directory descriptor.
     dir_position: Mutex<()>,
@@ -80,9 +82,10 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub fn new(inode: Arc<Inode>, file: OwnedFd) -> Self {
+    fn new(inode: Arc<Inode>, open_state: Arc<InodeOpenState>, file: OwnedFd) -> Self {
         Handle {
             inode,
+            open_state,
             file,
             dir_position: Mutex::new(()),
             backing: OnceLock::new(),
@@ -107,14 +110,31 @@ impl Handle {
 #[derive(Default)]
 pub struct HandleTable {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Handle>>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    handles: HashMap<u64, Arc<Handle>>,
+    /// Per-inode state of inodes with open handles (only those: known inodes need none).
+    states: HashMap<NodeId, Weak<InodeOpenState>>,
 }
 
 impl HandleTable {
-    pub fn insert(&self, handle: Handle) -> (u64, Arc<Handle>) {
+    /// Registers an open `file` of `inode`; returns its handle number and the handle.
+    pub fn insert(&self, inode: Arc<Inode>, file: OwnedFd) -> (u64, Arc<Handle>) {
         let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let handle = Arc::new(handle);
-        self.open.lock().insert(fh, handle.clone());
+        let mut open = self.open.lock();
+        let state = match open.states.get(&inode.id).and_then(Weak::upgrade) {
+            Some(state) => state,
+            None => {
+                let state = Arc::new(InodeOpenState::default());
+                open.states.insert(inode.id, Arc::downgrade(&state));
+                state
+            }
+        };
+        let handle = Arc::new(Handle::new(inode, state, file));
+        open.handles.insert(fh, handle.clone());
         (fh, handle)
     }
 
@@ -122,6 +142,7 @@ impl HandleTable {
     pub fn get(&self, fh: u64) -> std::io::Result<Arc<Handle>> {
         self.open
             .lock()
+            .handles
             .get(&fh)
             .cloned()
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EBADF))
@@ -129,10 +150,16 @@ impl HandleTable {
 
     /// Removes `fh`; its descriptor closes when the last in-flight request drops it.
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
-        self.open.lock().remove(&fh)
+        let mut open = self.open.lock();
+        let handle = open.handles.remove(&fh)?;
+        // The last handle object of its inode: the state goes with it.
+        if Arc::strong_count(&handle.open_state) == 1 {
+            open.states.remove(&handle.inode.id);
+        }
+        Some(handle)
     }
 
     pub fn count(&self) -> usize {
-        self.open.lock().len()
+        self.open.lock().handles.len()
     }
 }

@@ -1,41 +1,40 @@
 //! The inode table: FUSE node ids to backing objects.
 //!
-//! Every inode the kernel knows holds an `O_PATH` descriptor of its backing object, never a
-//! path, so renames (in the mount or directly in BACKING) cannot make it point at the wrong
-//! file. Inodes are keyed by the backing `(st_dev, st_ino)`; hard links share one inode.
+//! # Identity
+//! An object on the backing root's mount is kept as its file handle (`name_to_handle_at`),
+//! not as an open descriptor. A handle names one object for its whole life (it carries
+//! the inode's generation, so a reused inode number is another handle), and needs no
+//! descriptor: an `O_PATH` descriptor comes from the bounded [`FdCache`] or is reopened
+//! from the handle (`open_by_handle_at` on a descriptor of the root). So any number of
+//! known inodes costs no descriptors, and the kernel is never asked to forget anything.
+//!
+//! Where handles cannot be used (the daemon lacks CAP_DAC_READ_SEARCH, as rootless; the
+//! backing filesystem cannot make handles; the object is on another mount under
+//! BACKING), the inode holds its `O_PATH` descriptor while the kernel knows it, keyed by
+//! (mount, device, inode number): the held descriptor keeps the number from being
+//! reused. Those descriptors have a budget; see [`InodeTable::descriptor_pressure`].
 //!
 //! # Node ids
-//! A node id is also the `st_ino` the mount shows, so it must be stable while the mount
-//! lives. A file on the device of the backing root gets its own backing `st_ino` (so
-//! `stat` in the mount and in BACKING agree); the root is always 1; anything else (a file
-//! on another filesystem mounted under BACKING, or a backing inode numbered 1 or with the
-//! top bit set) gets a synthetic id from a map that is never shrunk, so it too stays the
-//! same after the kernel forgets it. A backing inode number cannot be reused while we hold
-//! an `O_PATH` descriptor of it, so an id never names two live objects at once.
+//! Node ids come from a counter and are never reused, so a node id never names two
+//! objects, whatever the backing filesystem does with inode numbers. The root is 1. The
+//! inode number replies report ([`Inode::ino`]) is the backing `st_ino` for objects on
+//! the root's device and a stable synthetic number for other devices (whose numbers
+//! would collide with the root device's).
 //!
 //! # Lookup-count contract
 //! Each reply that hands an inode to the kernel (lookup, mknod, mkdir, symlink, link,
 //! create, and readdirplus entries other than `.` and `..`) counts one lookup through
 //! [`InodeTable::remember`] or [`InodeTable::add_lookup`], made before the reply is sent.
 //! FORGET subtracts its count through [`InodeTable::forget`]; at zero the inode leaves the
-//! table and its descriptor closes once the last in-flight request drops its `Arc`. The
-//! root is never removed.
-//!
-//! # Descriptor pressure
-//! Every inode costs a descriptor, and the kernel keeps inodes as long as memory allows.
-//! When the table grows past a high watermark (a share of `RLIMIT_NOFILE`), the least
-//! recently looked-up inodes, files before directories (dropping a directory's dentry
-//! drops its whole cached subtree), are offered to an evictor thread as `(parent, name)`
-//! hints; it asks the kernel to drop those dentries (FUSE `NOTIFY_INVAL_ENTRY`), and the
-//! kernel answers with FORGET for the inodes nothing else uses. The hint is only the last name
-//! an inode was looked up under; it is never used to reach a file.
+//! table (and the descriptor cache), and its descriptor, if it holds one, closes once the
+//! last in-flight request drops its `Arc`. The root is never removed.
 //!
 //! # Locking
-//! One mutex guards the table. It is never held across a system call or a reply: callers
-//! open and stat outside it, and descriptors are closed after it is released.
+//! The table's mutex and the descriptor cache's mutex are never held together, across a
+//! system call, or across a reply; descriptors are closed after the locks are released.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -44,135 +43,201 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::sys;
 
-/// A FUSE node id (and the `st_ino` the mount reports).
+/// A FUSE node id.
 pub type NodeId = u64;
 
 /// The node id FUSE reserves for the root.
 pub const ROOT_ID: NodeId = 1;
 
-/// Synthetic ids have the top bit set, so they never collide with a real `st_ino` we pass on.
-const SYNTHETIC_BASE: NodeId = 1 << 63;
+/// Synthetic inode numbers (for objects on other devices) have the top bit set.
+const SYNTHETIC_INO_BASE: u64 = 1 << 63;
 
-/// A backing object's identity.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BackingKey {
-    pub dev: u64,
-    pub ino: u64,
+/// A backing file handle: its type and bytes (up to 20 inline, which covers ext4, XFS
+/// and btrfs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    handle_type: i32,
+    bytes: HandleBytes,
 }
 
-impl BackingKey {
-    pub fn of(st: &libc::stat) -> Self {
-        BackingKey {
-            dev: st.st_dev,
-            ino: st.st_ino,
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HandleBytes {
+    Inline { len: u8, bytes: [u8; 20] },
+    Boxed(Box<[u8]>),
+}
+
+impl FileHandle {
+    pub fn new(handle_type: i32, bytes: &[u8]) -> Self {
+        let bytes = if bytes.len() <= 20 {
+            let mut inline = [0u8; 20];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            HandleBytes::Inline {
+                len: bytes.len() as u8,
+                bytes: inline,
+            }
+        } else {
+            HandleBytes::Boxed(bytes.into())
+        };
+        FileHandle { handle_type, bytes }
+    }
+
+    pub fn handle_type(&self) -> i32 {
+        self.handle_type
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match &self.bytes {
+            HandleBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            HandleBytes::Boxed(bytes) => bytes,
         }
     }
+}
+
+/// Where an object was found: the identity that decides whether it is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key<'a> {
+    /// On the root's mount, by file handle.
+    Handle(i32, &'a [u8]),
+    /// Elsewhere: mount id, device and inode number (held by a descriptor).
+    Pinned { mnt: u64, dev: u64, ino: u64 },
+}
+
+/// How an inode reaches its backing object.
+#[derive(Debug)]
+pub enum Identity {
+    /// On the root's mount: reopened from the handle when no descriptor is cached.
+    Handle(FileHandle),
+    /// Its own `O_PATH | O_NOFOLLOW` descriptor, held while the kernel knows the inode.
+    Descriptor {
+        fd: Arc<OwnedFd>,
+        mnt: u64,
+        dev: u64,
+        ino: u64,
+    },
 }
 
 /// One backing object the kernel holds a reference to.
 #[derive(Debug)]
 pub struct Inode {
     pub id: NodeId,
-    pub key: BackingKey,
     /// `S_IFMT` bits of the backing object; the type of an inode never changes.
     pub kind: libc::mode_t,
-    /// `O_PATH | O_NOFOLLOW` descriptor of the backing object.
-    fd: OwnedFd,
-    /// Shared state of open handles (kernel passthrough backing id).
-    pub open_state: crate::handle::InodeOpenState,
+    /// The inode number replies report.
+    pub ino: u64,
+    pub identity: Identity,
 }
 
 impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    fn key(&self) -> Key<'_> {
+        match &self.identity {
+            Identity::Handle(h) => Key::Handle(h.handle_type, h.bytes()),
+            Identity::Descriptor { mnt, dev, ino, .. } => Key::Pinned {
+                mnt: *mnt,
+                dev: *dev,
+                ino: *ino,
+            },
+        }
     }
+
+    /// Whether the inode holds a descriptor of its own (counted against the budget).
+    pub fn holds_descriptor(&self) -> bool {
+        matches!(self.identity, Identity::Descriptor { .. })
+    }
+}
+
+/// What a lookup found: how to keep it, and what it is.
+pub struct Found {
+    pub identity: Identity,
+    pub st: libc::stat,
 }
 
 struct Slot {
     inode: Arc<Inode>,
     lookups: u64,
-    /// When the inode was last looked up (a table-wide counter).
-    last_lookup: u64,
-    /// The directory and name of the last lookup: where to ask the kernel to let go.
-    hint: Option<(NodeId, Box<OsStr>)>,
-}
-
-impl Slot {
-    fn eviction_hint(&self) -> Option<EvictionHint> {
-        self.hint.as_ref().map(|(parent, name)| EvictionHint {
-            parent: *parent,
-            name: name.to_os_string(),
-        })
-    }
 }
 
 struct Tables {
     by_id: HashMap<NodeId, Slot>,
-    /// Ids handed out for objects that cannot use their own `st_ino`. Never shrunk.
-    synthetic: HashMap<BackingKey, NodeId>,
-    next_synthetic: NodeId,
-    /// Lookups in order, `(id, last_lookup)`; an entry is stale when the slot has moved
-    /// on. Compacted when it outgrows the table.
-    recency: VecDeque<(NodeId, u64)>,
+    /// Key hash -> node id; a second inode whose key hashes the same goes to `collided`.
+    by_key: HashMap<u64, NodeId>,
+    collided: HashMap<u64, Vec<NodeId>>,
+    next_id: NodeId,
+    /// Inode numbers given to objects on other devices. Never shrunk, so an object keeps
+    /// its number after the kernel forgets it.
+    synthetic: HashMap<(u64, u64), u64>,
+    /// When each descriptor-holding inode was last looked up (a table-wide clock), for
+    /// pruning; the count of them is the descriptors they hold.
+    recency: HashMap<NodeId, u64>,
     clock: u64,
 }
 
-/// A dentry the evictor asks the kernel to drop.
-pub struct EvictionHint {
-    pub parent: NodeId,
-    pub name: OsString,
-}
-
 pub struct InodeTable {
-    root_key: BackingKey,
+    root: Arc<Inode>,
+    root_dev: u64,
+    hasher: RandomState,
     tables: Mutex<Tables>,
-    /// Inode count above which the evictor is woken, and down to which it evicts.
-    high_watermark: usize,
-    low_watermark: usize,
-    pressure: Condvar,
+    /// Signalled when a descriptor-holding inode leaves the table.
+    descriptor_released: Condvar,
 }
 
 impl InodeTable {
-    /// Builds the table around the backing root's `O_PATH` descriptor; `max_inodes` is
-    /// how many descriptors the table may use before it asks the kernel to forget some.
-    pub fn new(root_fd: OwnedFd, max_inodes: usize) -> io::Result<Self> {
-        let st = sys::fstat(root_fd.as_fd())?;
-        let key = BackingKey::of(&st);
+    /// Builds the table around the backing root's `O_PATH` descriptor.
+    pub fn new(root_fd: OwnedFd) -> io::Result<Self> {
+        let st = sys::statx(root_fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
         let root = Arc::new(Inode {
             id: ROOT_ID,
-            key,
-            kind: st.st_mode & libc::S_IFMT,
-            fd: root_fd,
-            open_state: Default::default(),
+            kind: st.st.st_mode & libc::S_IFMT,
+            ino: st.st.st_ino,
+            identity: Identity::Descriptor {
+                fd: Arc::new(root_fd),
+                mnt: st.mnt_id,
+                dev: st.st.st_dev,
+                ino: st.st.st_ino,
+            },
         });
+        let hasher = RandomState::new();
         let mut by_id = HashMap::new();
+        let mut by_key = HashMap::new();
+        by_key.insert(hasher.hash_one(root.key()), ROOT_ID);
         by_id.insert(
             ROOT_ID,
             Slot {
-                inode: root,
+                inode: root.clone(),
                 lookups: 1,
-                last_lookup: 0,
-                hint: None,
             },
         );
         Ok(InodeTable {
-            root_key: key,
+            root,
+            root_dev: st.st.st_dev,
+            hasher,
             tables: Mutex::new(Tables {
                 by_id,
+                by_key,
+                collided: HashMap::new(),
+                next_id: ROOT_ID + 1,
                 synthetic: HashMap::new(),
-                next_synthetic: SYNTHETIC_BASE,
-                recency: VecDeque::new(),
+                recency: HashMap::new(),
                 clock: 0,
             }),
-            high_watermark: max_inodes,
-            low_watermark: max_inodes * 3 / 4,
-            pressure: Condvar::new(),
+            descriptor_released: Condvar::new(),
         })
     }
 
-    /// The backing identity of the root.
-    pub fn root_key(&self) -> BackingKey {
-        self.root_key
+    pub fn root(&self) -> &Arc<Inode> {
+        &self.root
+    }
+
+    /// The device of the backing root.
+    pub fn root_dev(&self) -> u64 {
+        self.root_dev
+    }
+
+    /// The root's own descriptor (it always holds one).
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        match &self.root.identity {
+            Identity::Descriptor { fd, .. } => fd.as_fd(),
+            Identity::Handle(_) => unreachable!("the root holds its descriptor"),
+        }
     }
 
     /// The inode for `id`, or `ESTALE` if the kernel refers to one it already forgot.
@@ -185,230 +250,353 @@ impl InodeTable {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ESTALE))
     }
 
-    /// Counts one lookup of the object `fd` refers to (stat result `st`), found under
-    /// `found_as` = (directory, name), adding it to the table if new. When the object is
-    /// already known, `fd` is closed (after the lock is released) and the existing inode
-    /// returned.
-    pub fn remember(
-        &self,
-        fd: OwnedFd,
-        st: &libc::stat,
-        found_as: Option<(NodeId, &OsStr)>,
-    ) -> Arc<Inode> {
-        let key = BackingKey::of(st);
-        let mut spare = None;
-        let (inode, crowded) = {
-            let mut t = self.tables.lock();
-            let id = self.id_for(&mut t, key);
-            if let std::collections::hash_map::Entry::Vacant(vacant) = t.by_id.entry(id) {
-                vacant.insert(Slot {
-                    inode: Arc::new(Inode {
-                        id,
-                        key,
-                        kind: st.st_mode & libc::S_IFMT,
-                        fd,
-                        open_state: Default::default(),
-                    }),
-                    lookups: 0,
-                    last_lookup: 0,
-                    hint: None,
-                });
-            } else {
-                spare = Some(fd);
-            }
-            let inode = Self::count_held(&mut t, id, found_as);
-            (inode, t.by_id.len() > self.high_watermark)
-        };
-        if crowded {
-            self.pressure.notify_one();
+    /// The node id of the object with `key`, if the kernel holds it.
+    fn find(&self, t: &Tables, key: Key<'_>) -> Option<NodeId> {
+        let hash = self.hasher.hash_one(key);
+        let matches = |id: &NodeId| t.by_id.get(id).is_some_and(|s| s.inode.key() == key);
+        match t.by_key.get(&hash) {
+            Some(id) if matches(id) => Some(*id),
+            _ => t
+                .collided
+                .get(&hash)?
+                .iter()
+                .copied()
+                .find(|id| matches(id)),
         }
-        drop(spare);
-        inode
     }
 
-    /// Counts one lookup of the object with stat `st` if the table holds it already (found
-    /// under `found_as`), without a descriptor of it: an `O_PATH` descriptor we hold keeps
-    /// its inode number from being reused, so the key names the same object. `None` if
-    /// the object is not in the table.
-    pub fn remember_held(
-        &self,
-        st: &libc::stat,
-        found_as: Option<(NodeId, &OsStr)>,
-    ) -> Option<Arc<Inode>> {
-        let key = BackingKey::of(st);
+    /// The node id of the object `key`, if the table holds it (no lookup is counted).
+    pub fn known(&self, key: Key<'_>) -> Option<NodeId> {
+        self.find(&self.tables.lock(), key)
+    }
+
+    /// Counts one lookup of node `id` if the table holds it.
+    pub fn add_lookup_of(&self, id: NodeId) -> Option<Arc<Inode>> {
         let mut t = self.tables.lock();
-        let id = self.assigned_id(&t, key)?;
-        if t.by_id.get(&id).is_none_or(|slot| slot.inode.key != key) {
-            return None;
-        }
-        Some(Self::count_held(&mut t, id, found_as))
+        t.by_id.contains_key(&id).then(|| Self::count(&mut t, id))
     }
 
-    /// Whether the table probably holds the backing inode `ino` of the root's device (a
-    /// hint: `d_ino` of a mount point names the covered directory).
-    pub fn probably_holds(&self, ino: u64) -> bool {
-        let key = BackingKey {
-            dev: self.root_key.dev,
+    /// Counts one lookup of the object `key` if the table holds it.
+    pub fn remember_known(&self, key: Key<'_>) -> Option<Arc<Inode>> {
+        let mut t = self.tables.lock();
+        let id = self.find(&t, key)?;
+        Some(Self::count(&mut t, id))
+    }
+
+    /// Counts one lookup of the object `found` describes, adding it if new. When it is
+    /// already known, `found`'s descriptor (if any) is closed after the lock is released.
+    pub fn remember(&self, found: Found) -> Arc<Inode> {
+        let Found { identity, st } = found;
+        let mut t = self.tables.lock();
+        let ino = self.reported_ino(&mut t, &st);
+        let fresh = Inode {
+            id: 0,
+            kind: st.st_mode & libc::S_IFMT,
             ino,
+            identity,
         };
-        let t = self.tables.lock();
-        self.assigned_id(&t, key)
-            .is_some_and(|id| t.by_id.contains_key(&id))
+        if let Some(id) = self.find(&t, fresh.key()) {
+            let inode = Self::count(&mut t, id);
+            drop(t);
+            drop(fresh);
+            return inode;
+        }
+        let id = t.next_id;
+        t.next_id += 1;
+        let inode = Arc::new(Inode { id, ..fresh });
+        let hash = self.hasher.hash_one(inode.key());
+        if let std::collections::hash_map::Entry::Vacant(slot) = t.by_key.entry(hash) {
+            slot.insert(id);
+        } else {
+            t.collided.entry(hash).or_default().push(id);
+        }
+        t.by_id.insert(
+            id,
+            Slot {
+                inode: inode.clone(),
+                lookups: 0,
+            },
+        );
+        Self::count(&mut t, id)
     }
 
-    /// Counts a lookup of the inode `id`, which is in the table, and notes its recency.
-    fn count_held(t: &mut Tables, id: NodeId, found_as: Option<(NodeId, &OsStr)>) -> Arc<Inode> {
-        t.clock += 1;
-        let now = t.clock;
+    /// Counts a lookup of `id`, which is in the table.
+    fn count(t: &mut Tables, id: NodeId) -> Arc<Inode> {
         let slot = t.by_id.get_mut(&id).expect("caller checked the slot");
         slot.lookups += 1;
-        slot.last_lookup = now;
-        if let Some((parent, name)) = found_as
-            && slot
-                .hint
-                .as_ref()
-                .is_none_or(|(p, n)| *p != parent || **n != *name)
-        {
-            slot.hint = Some((parent, name.into()));
-        }
         let inode = slot.inode.clone();
-        if id != ROOT_ID {
-            t.recency.push_back((id, now));
-        }
-        if t.recency.len() > t.by_id.len() + t.by_id.len() / 2 + 1024 {
-            compact_recency(t);
+        if inode.holds_descriptor() && id != ROOT_ID {
+            t.clock += 1;
+            let now = t.clock;
+            t.recency.insert(id, now);
         }
         inode
     }
 
-    /// Blocks until the table is over its high watermark, then returns the least recently
-    /// looked-up inodes (as dentries), files first, whose eviction brings it down to the
-    /// low watermark.
-    pub fn wait_for_eviction_candidates(&self) -> Vec<EvictionHint> {
-        let mut t = self.tables.lock();
-        while t.by_id.len() <= self.high_watermark {
-            self.pressure.wait(&mut t);
+    /// The inode number replies report for an object with `st`.
+    fn reported_ino(&self, t: &mut Tables, st: &libc::stat) -> u64 {
+        if st.st_dev == self.root_dev && st.st_ino < SYNTHETIC_INO_BASE {
+            return st.st_ino;
         }
-        let mut wanted = t.by_id.len() - self.low_watermark;
-        let mut hints = Vec::with_capacity(wanted);
-        // Dropping a directory's dentry drops every cached dentry below it, and a
-        // directory looks old even while its files are in use (path walks do not look
-        // it up again): directories go only when files alone cannot make room.
-        let mut directories = Vec::new();
-        while wanted > 0 {
-            let Some((id, tick)) = t.recency.pop_front() else {
-                break;
-            };
-            let Some(slot) = t.by_id.get(&id) else {
-                continue;
-            };
-            if slot.last_lookup != tick {
-                continue;
-            }
-            if slot.inode.kind == libc::S_IFDIR {
-                directories.push((id, tick));
-            } else if let Some(hint) = slot.eviction_hint() {
-                hints.push(hint);
-                wanted -= 1;
-            }
-        }
-        let (taken, kept) = directories.split_at(wanted.min(directories.len()));
-        for (id, _) in taken {
-            if let Some(hint) = t.by_id.get(id).and_then(Slot::eviction_hint) {
-                hints.push(hint);
-            }
-        }
-        // Directories not needed keep their place at the front of the queue.
-        for entry in kept.iter().rev() {
-            t.recency.push_front(*entry);
-        }
-        hints
+        let next = SYNTHETIC_INO_BASE + t.synthetic.len() as u64;
+        *t.synthetic.entry((st.st_dev, st.st_ino)).or_insert(next)
     }
 
     /// Counts one more lookup of an inode the kernel already holds (e.g. after `link`).
     pub fn add_lookup(&self, inode: &Arc<Inode>) {
         let mut t = self.tables.lock();
-        match t.by_id.get_mut(&inode.id) {
-            Some(slot) => slot.lookups += 1,
-            // Forgotten in between: put it back, the caller holds the only other reference.
+        if t.by_id.contains_key(&inode.id) {
+            Self::count(&mut t, inode.id);
+            return;
+        }
+        // Forgotten in between: put it back (its node id is still its own).
+        let hash = self.hasher.hash_one(inode.key());
+        match t.by_key.get(&hash) {
             None => {
-                t.by_id.insert(
-                    inode.id,
-                    Slot {
-                        inode: inode.clone(),
-                        lookups: 1,
-                        last_lookup: 0,
-                        hint: None,
-                    },
-                );
+                t.by_key.insert(hash, inode.id);
             }
+            Some(_) => t.collided.entry(hash).or_default().push(inode.id),
         }
+        t.by_id.insert(
+            inode.id,
+            Slot {
+                inode: inode.clone(),
+                lookups: 0,
+            },
+        );
+        Self::count(&mut t, inode.id);
     }
 
-    /// Subtracts `count` lookups; at zero the inode leaves the table (and `true` is
-    /// returned).
-    pub fn forget(&self, id: NodeId, count: u64) -> bool {
+    /// Subtracts `count` lookups; at zero the inode leaves the table and is returned (the
+    /// caller drops it outside any lock).
+    pub fn forget(&self, id: NodeId, count: u64) -> Option<Arc<Inode>> {
         if id == ROOT_ID {
-            return false;
+            return None;
         }
-        let removed = {
-            let mut t = self.tables.lock();
-            match t.by_id.get_mut(&id) {
-                Some(slot) if slot.lookups > count => {
-                    slot.lookups -= count;
-                    None
+        let mut t = self.tables.lock();
+        let slot = t.by_id.get_mut(&id)?;
+        if slot.lookups > count {
+            slot.lookups -= count;
+            return None;
+        }
+        let slot = t.by_id.remove(&id)?;
+        let hash = self.hasher.hash_one(slot.inode.key());
+        if t.by_key.get(&hash) == Some(&id) {
+            t.by_key.remove(&hash);
+            if let Some(others) = t.collided.get_mut(&hash) {
+                let promoted = others.pop().expect("no empty lists are kept");
+                if others.is_empty() {
+                    t.collided.remove(&hash);
                 }
-                Some(_) => t.by_id.remove(&id),
-                None => None,
+                t.by_key.insert(hash, promoted);
             }
-        };
-        // The descriptor closes here, outside the lock, unless a request still uses it.
-        removed.is_some()
+        } else if let Some(others) = t.collided.get_mut(&hash) {
+            others.retain(|other| *other != id);
+            if others.is_empty() {
+                t.collided.remove(&hash);
+            }
+        }
+        if t.recency.remove(&id).is_some() {
+            self.descriptor_released.notify_all();
+        }
+        Some(slot.inode)
     }
 
-    /// The id the object `st` has in this table, if the kernel holds it.
-    pub fn known_id(&self, st: &libc::stat) -> Option<NodeId> {
-        let key = BackingKey::of(st);
+    /// Number of inodes in the table (the root included), and how many of them hold a
+    /// descriptor of their own.
+    pub fn count_inodes(&self) -> (usize, usize) {
         let t = self.tables.lock();
-        let id = self.assigned_id(&t, key)?;
-        t.by_id
-            .get(&id)
-            .filter(|slot| slot.inode.key == key)
-            .map(|_| id)
+        (t.by_id.len(), t.recency.len())
     }
 
-    /// Number of inodes in the table (the root included).
-    pub fn count(&self) -> usize {
-        self.tables.lock().by_id.len()
+    /// Descriptor-holding inodes now, for the budget.
+    pub fn descriptor_pressure(&self) -> usize {
+        self.tables.lock().recency.len()
     }
 
-    /// The id `key` has, if it has one already (derived, or synthetic and recorded).
-    fn assigned_id(&self, t: &Tables, key: BackingKey) -> Option<NodeId> {
-        if key == self.root_key {
-            return Some(ROOT_ID);
+    /// Waits up to `limit` until fewer than `budget` inodes hold descriptors; returns
+    /// whether they do.
+    pub fn wait_for_descriptors(&self, budget: usize, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut t = self.tables.lock();
+        while t.recency.len() >= budget {
+            if self
+                .descriptor_released
+                .wait_until(&mut t, deadline)
+                .timed_out()
+            {
+                return t.recency.len() < budget;
+            }
         }
-        if key.dev == self.root_key.dev && key.ino != ROOT_ID && key.ino < SYNTHETIC_BASE {
-            return Some(key.ino);
-        }
-        t.synthetic.get(&key).copied()
+        true
     }
 
-    fn id_for(&self, t: &mut Tables, key: BackingKey) -> NodeId {
-        if let Some(id) = self.assigned_id(t, key) {
-            return id;
+    /// The `n` descriptor-holding inodes least recently looked up, files before
+    /// directories (a directory is in use while the kernel holds any of its entries).
+    pub fn least_recent_descriptors(&self, n: usize) -> Vec<NodeId> {
+        let t = self.tables.lock();
+        let mut candidates: Vec<(bool, u64, NodeId)> = t
+            .recency
+            .iter()
+            .filter_map(|(id, tick)| {
+                let slot = t.by_id.get(id)?;
+                Some((slot.inode.kind == libc::S_IFDIR, *tick, *id))
+            })
+            .collect();
+        drop(t);
+        let n = n.min(candidates.len());
+        if n == 0 {
+            return Vec::new();
         }
-        let id = t.next_synthetic;
-        t.next_synthetic += 1;
-        t.synthetic.insert(key, id);
-        id
+        candidates.select_nth_unstable(n - 1);
+        candidates.truncate(n);
+        candidates.sort_unstable();
+        candidates.into_iter().map(|(_, _, id)| id).collect()
     }
 }
 
-/// Drops stale recency entries, keeping the order of the live ones.
-fn compact_recency(t: &mut Tables) {
-    let by_id = &t.by_id;
-    t.recency
-        .retain(|(id, tick)| by_id.get(id).is_some_and(|slot| slot.last_lookup == *tick));
+/// A bounded cache of `O_PATH` descriptors of inodes kept as handles, evicted by the CLOCK
+/// rule (an entry used since the hand last passed survives one more round).
+///
+/// A cached descriptor keeps its object from being freed, so its (mount, device, inode
+/// number) names that object for as long as it is cached: [`FdCache::pinned`] finds a
+/// known inode by those numbers alone, which is what makes a lookup of a cached object
+/// cost no more than a `stat`.
+pub struct FdCache {
+    capacity: usize,
+    inner: Mutex<Clock>,
+}
+
+#[derive(Default)]
+struct Clock {
+    slots: Vec<CacheSlot>,
+    index: HashMap<NodeId, usize>,
+    by_ino: HashMap<(u64, u64, u64), NodeId>,
+    hand: usize,
+    hits: u64,
+    misses: u64,
+}
+
+struct CacheSlot {
+    id: NodeId,
+    fd: Arc<OwnedFd>,
+    ident: (u64, u64, u64),
+    referenced: bool,
+}
+
+impl FdCache {
+    pub fn new(capacity: usize) -> Self {
+        FdCache {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Clock::default()),
+        }
+    }
+
+    /// The cached descriptor of `id` (a hit), if there is one; a miss is counted.
+    pub fn get(&self, id: NodeId) -> Option<Arc<OwnedFd>> {
+        let mut c = self.inner.lock();
+        match c.index.get(&id).copied() {
+            Some(i) => {
+                c.hits += 1;
+                c.slots[i].referenced = true;
+                Some(c.slots[i].fd.clone())
+            }
+            None => {
+                c.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// The inode whose cached descriptor has (mount, device, inode number) `ident`.
+    pub fn pinned(&self, ident: (u64, u64, u64)) -> Option<NodeId> {
+        let mut c = self.inner.lock();
+        let id = *c.by_ino.get(&ident)?;
+        c.hits += 1;
+        let i = c.index[&id];
+        c.slots[i].referenced = true;
+        Some(id)
+    }
+
+    /// Caches `fd` (of an object with `ident`) for `id`, evicting another entry if full.
+    pub fn insert(&self, id: NodeId, fd: Arc<OwnedFd>, ident: (u64, u64, u64)) {
+        let evicted;
+        {
+            let mut c = self.inner.lock();
+            if c.index.contains_key(&id) {
+                return;
+            }
+            let slot = CacheSlot {
+                id,
+                fd,
+                ident,
+                referenced: true,
+            };
+            if c.slots.len() < self.capacity {
+                c.slots.push(slot);
+                let i = c.slots.len() - 1;
+                c.index.insert(id, i);
+                c.by_ino.insert(ident, id);
+                return;
+            }
+            let victim = loop {
+                let hand = c.hand;
+                c.hand = (hand + 1) % c.slots.len();
+                if std::mem::take(&mut c.slots[hand].referenced) {
+                    continue;
+                }
+                break hand;
+            };
+            let old = std::mem::replace(&mut c.slots[victim], slot);
+            c.index.remove(&old.id);
+            if c.by_ino.get(&old.ident) == Some(&old.id) {
+                c.by_ino.remove(&old.ident);
+            }
+            c.index.insert(id, victim);
+            c.by_ino.insert(ident, id);
+            evicted = old;
+        }
+        // The descriptor closes here, outside the lock.
+        drop(evicted);
+    }
+
+    /// Drops the cached descriptor of `id`, if any.
+    pub fn remove(&self, id: NodeId) {
+        let removed = {
+            let mut c = self.inner.lock();
+            let Some(i) = c.index.remove(&id) else {
+                return;
+            };
+            let old = c.slots.swap_remove(i);
+            if c.by_ino.get(&old.ident) == Some(&id) {
+                c.by_ino.remove(&old.ident);
+            }
+            if i < c.slots.len() {
+                let moved = c.slots[i].id;
+                c.index.insert(moved, i);
+            }
+            if c.hand >= c.slots.len() {
+                c.hand = 0;
+            }
+            old
+        };
+        drop(removed);
+    }
+
+    /// Drops the cached descriptor of the object with `ident` (its last name is gone: the
+    /// cache must not keep its blocks).
+    pub fn remove_object(&self, ident: (u64, u64, u64)) {
+        let id = self.inner.lock().by_ino.get(&ident).copied();
+        if let Some(id) = id {
+            self.remove(id);
+        }
+    }
+
+    /// `(hits, misses, cached)`.
+    pub fn counters(&self) -> (u64, u64, usize) {
+        let c = self.inner.lock();
+        (c.hits, c.misses, c.slots.len())
+    }
 }
 
 #[cfg(test)]
@@ -416,153 +604,164 @@ mod tests {
     use super::*;
     use std::ffi::CString;
 
-    fn open_path(path: &std::path::Path) -> (OwnedFd, libc::stat) {
+    fn open_path(path: &std::path::Path) -> (OwnedFd, sys::StatMount) {
         let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         let fd = sys::openat(None, &c, libc::O_PATH | libc::O_NOFOLLOW, 0).unwrap();
-        let st = sys::fstat(fd.as_fd()).unwrap();
+        let st = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH).unwrap();
         (fd, st)
     }
 
+    fn by_handle(path: &std::path::Path) -> Found {
+        let (fd, st) = open_path(path);
+        let (ty, bytes) = sys::name_to_handle_at(fd.as_fd(), c"", libc::AT_EMPTY_PATH).unwrap();
+        Found {
+            identity: Identity::Handle(FileHandle::new(ty, &bytes)),
+            st: st.st,
+        }
+    }
+
+    fn by_descriptor(path: &std::path::Path) -> Found {
+        let (fd, st) = open_path(path);
+        Found {
+            identity: Identity::Descriptor {
+                fd: Arc::new(fd),
+                mnt: st.mnt_id,
+                dev: st.st.st_dev,
+                ino: st.st.st_ino,
+            },
+            st: st.st,
+        }
+    }
+
+    fn table(dir: &std::path::Path) -> InodeTable {
+        InodeTable::new(open_path(dir).0).unwrap()
+    }
+
     #[test]
-    fn files_get_their_backing_inode_number_and_hard_links_share_it() {
+    fn hard_links_share_a_node_and_node_ids_report_the_backing_inode_number() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"x").unwrap();
         std::fs::hard_link(dir.path().join("a"), dir.path().join("b")).unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
-
-        let (fd_a, st_a) = open_path(&dir.path().join("a"));
-        let (fd_b, st_b) = open_path(&dir.path().join("b"));
-        let a = table.remember(fd_a, &st_a, Some((ROOT_ID, OsStr::new("a"))));
-        let b = table.remember(fd_b, &st_b, Some((ROOT_ID, OsStr::new("b"))));
-        assert_eq!(a.id, st_a.st_ino);
+        let t = table(dir.path());
+        let a = t.remember(by_handle(&dir.path().join("a")));
+        let b = t.remember(by_handle(&dir.path().join("b")));
         assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(table.count(), 2);
+        assert_ne!(a.id, ROOT_ID);
+        assert_eq!(a.ino, open_path(&dir.path().join("a")).1.st.st_ino);
+        assert_eq!(t.count_inodes(), (2, 0));
+    }
+
+    #[test]
+    fn a_reused_inode_number_is_a_new_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"old").unwrap();
+        let t = table(dir.path());
+        let old = t.remember(by_handle(&path));
+        // Delete and recreate until the backing filesystem hands the number out again.
+        let mut reused = None;
+        for _ in 0..1000 {
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, b"new").unwrap();
+            if open_path(&path).1.st.st_ino == old.ino {
+                reused = Some(t.remember(by_handle(&path)));
+                break;
+            }
+        }
+        let new = reused.expect("the backing filesystem reused the inode number");
+        assert_eq!(new.ino, old.ino);
+        assert_ne!(new.id, old.id, "two objects under one node id");
     }
 
     #[test]
     fn forget_drops_the_inode_only_when_every_lookup_is_returned() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a"), b"x").unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
+        let t = table(dir.path());
+        let mut id = 0;
         for _ in 0..3 {
-            let (fd, st) = open_path(&dir.path().join("a"));
-            table.remember(fd, &st, Some((ROOT_ID, OsStr::new("a"))));
+            id = t.remember(by_descriptor(&dir.path().join("a"))).id;
         }
-        let id = open_path(&dir.path().join("a")).1.st_ino;
-        table.forget(id, 2);
-        assert!(table.get(id).is_ok());
-        table.forget(id, 1);
-        assert_eq!(
-            table.get(id).unwrap_err().raw_os_error(),
-            Some(libc::ESTALE)
-        );
-        table.forget(ROOT_ID, 100);
-        assert!(table.get(ROOT_ID).is_ok());
+        assert_eq!(t.count_inodes(), (2, 1));
+        assert!(t.forget(id, 2).is_none());
+        assert!(t.get(id).is_ok());
+        assert!(t.forget(id, 1).is_some());
+        assert_eq!(t.get(id).unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        assert_eq!(t.count_inodes(), (1, 0));
+        assert!(t.forget(ROOT_ID, 100).is_none());
+        assert!(t.get(ROOT_ID).is_ok());
     }
 
     #[test]
-    fn a_held_object_is_counted_without_a_descriptor_and_an_unknown_one_is_not() {
+    fn keys_that_hash_alike_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), b"x").unwrap();
-        std::fs::write(dir.path().join("b"), b"x").unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
-        let (fd, st) = open_path(&dir.path().join("a"));
-        let a = table.remember(fd, &st, Some((ROOT_ID, OsStr::new("a"))));
-        assert!(table.probably_holds(st.st_ino));
-
-        let again = table.remember_held(&st, Some((ROOT_ID, OsStr::new("a"))));
-        assert!(Arc::ptr_eq(&a, &again.unwrap()));
-        table.forget(a.id, 1);
-        assert!(table.get(a.id).is_ok(), "the second lookup was not counted");
-        table.forget(a.id, 1);
-        assert!(table.get(a.id).is_err());
-
-        let (_, st_b) = open_path(&dir.path().join("b"));
-        assert!(!table.probably_holds(st_b.st_ino));
-        assert!(table.remember_held(&st_b, None).is_none());
-        assert_eq!(table.count(), 1);
+        for name in ["a", "b", "c"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let t = table(dir.path());
+        let a = t.remember(by_handle(&dir.path().join("a")));
+        let b = t.remember(by_handle(&dir.path().join("b")));
+        // As a real collision would: b's hash now leads to a, and b is in the list.
+        {
+            let mut tables = t.tables.lock();
+            let hash_of_b = t.hasher.hash_one(b.key());
+            tables.by_key.insert(hash_of_b, a.id);
+            tables.collided.entry(hash_of_b).or_default().push(b.id);
+        }
+        let again = t.remember_known(b.key()).unwrap();
+        assert!(Arc::ptr_eq(&again, &b));
+        let c = t.remember(by_handle(&dir.path().join("c")));
+        assert!(!Arc::ptr_eq(&c, &a) && !Arc::ptr_eq(&c, &b));
     }
 
     #[test]
-    fn root_is_one_and_foreign_keys_get_stable_synthetic_ids() {
+    fn least_recent_descriptors_come_files_first_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let table = InodeTable::new(open_path(dir.path()).0, 1000).unwrap();
-        let mut t = table.tables.lock();
-        let foreign = BackingKey {
-            dev: table.root_key.dev + 1,
-            ino: 5,
-        };
-        let id = table.id_for(&mut t, foreign);
-        assert!(id >= SYNTHETIC_BASE);
-        assert_eq!(table.id_for(&mut t, foreign), id);
-        assert_eq!(table.id_for(&mut t, table.root_key), ROOT_ID);
-        let one = BackingKey {
-            dev: table.root_key.dev,
-            ino: 1,
-        };
-        assert!(table.id_for(&mut t, one) >= SYNTHETIC_BASE);
-    }
-
-    #[test]
-    fn pressure_yields_the_least_recently_looked_up_names() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..10 {
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        for i in 0..4 {
             std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
         }
-        let table = InodeTable::new(open_path(dir.path()).0, 8).unwrap();
-        for i in [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 9] {
-            let name = format!("f{i}");
-            let (fd, st) = open_path(&dir.path().join(&name));
-            table.remember(fd, &st, Some((ROOT_ID, OsStr::new(&name))));
-        }
-        // 11 inodes (root included) > 8: evict down to 6, oldest first; f0 was looked up
-        // again, so it is not among the oldest.
-        let names: Vec<_> = table
-            .wait_for_eviction_candidates()
-            .into_iter()
-            .map(|h| h.name.into_string().unwrap())
+        let t = table(dir.path());
+        let d = t.remember(by_descriptor(&dir.path().join("d"))).id;
+        let ids: Vec<_> = (0..4)
+            .map(|i| {
+                t.remember(by_descriptor(&dir.path().join(format!("f{i}"))))
+                    .id
+            })
             .collect();
-        assert_eq!(names, ["f1", "f2", "f3", "f4", "f5"]);
+        t.remember(by_descriptor(&dir.path().join("f0")));
+        assert_eq!(t.least_recent_descriptors(3), [ids[1], ids[2], ids[3]]);
+        assert_eq!(
+            t.least_recent_descriptors(10),
+            [ids[1], ids[2], ids[3], ids[0], d]
+        );
     }
 
     #[test]
-    fn pressure_spares_directories_while_files_can_go() {
+    fn the_descriptor_cache_evicts_the_unused_and_finds_pinned_objects() {
         let dir = tempfile::tempdir().unwrap();
-        for d in ["d0", "d1"] {
-            std::fs::create_dir(dir.path().join(d)).unwrap();
-        }
-        for i in 0..6 {
-            std::fs::write(dir.path().join(format!("f{i}")), b"").unwrap();
-        }
-        let table = InodeTable::new(open_path(dir.path()).0, 7).unwrap();
-        let remember = |name: &str| {
-            let (fd, st) = open_path(&dir.path().join(name));
-            table.remember(fd, &st, Some((ROOT_ID, OsStr::new(name))));
+        let cache = FdCache::new(2);
+        let entry = |i: u64| {
+            let (fd, _) = open_path(dir.path());
+            (i, Arc::new(fd), (1, 2, i))
         };
-        for name in ["d0", "d1", "f0", "f1", "f2", "f3", "f4", "f5"] {
-            remember(name);
+        for i in 10..12 {
+            let (id, fd, ident) = entry(i);
+            cache.insert(id, fd, ident);
         }
-        // 9 inodes > 7: evict down to 5. The directories are oldest but stay.
-        let names = |hints: Vec<EvictionHint>| -> Vec<String> {
-            hints
-                .into_iter()
-                .map(|h| h.name.into_string().unwrap())
-                .collect()
-        };
+        assert!(cache.get(10).is_some());
+        assert_eq!(cache.pinned((1, 2, 11)), Some(11));
+        // Both were used since insertion: the clock clears them and takes the first.
+        let (id, fd, ident) = entry(12);
+        cache.insert(id, fd, ident);
+        assert_eq!(cache.counters().2, 2);
+        assert!(cache.get(12).is_some());
         assert_eq!(
-            names(table.wait_for_eviction_candidates()),
-            ["f0", "f1", "f2", "f3"]
+            [10, 11].iter().filter(|i| cache.get(**i).is_some()).count(),
+            1
         );
-        // When files alone cannot make room, directories go too, oldest first.
-        let small = InodeTable::new(open_path(dir.path()).0, 3).unwrap();
-        for name in ["d0", "d1", "f0", "f1"] {
-            let (fd, st) = open_path(&dir.path().join(name));
-            small.remember(fd, &st, Some((ROOT_ID, OsStr::new(name))));
-        }
-        // 5 inodes > 3: evict down to 2.
-        assert_eq!(
-            names(small.wait_for_eviction_candidates()),
-            ["f0", "f1", "d0"]
-        );
+        cache.remove_object((1, 2, 12));
+        assert!(cache.get(12).is_none());
+        assert_eq!(cache.pinned((1, 2, 12)), None);
     }
 }

@@ -27,6 +27,7 @@
 pub mod config;
 pub mod copy;
 pub mod creds;
+pub mod dir;
 pub mod fs;
 pub mod handle;
 pub mod inode;
@@ -36,6 +37,7 @@ pub mod passthrough;
 pub mod stats;
 pub mod sys;
 pub mod transport;
+pub mod xattr;
 
 use std::ffi::CString;
 use std::io::{Read, Write};

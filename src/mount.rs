@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, Error, Passthrough};
-use crate::fs::Fs;
+use crate::fs::{Fs, FsOptions};
 use crate::passthrough::Passthrough as KernelPassthrough;
 use crate::transport::{self, Dispatcher, InitRequest, devfuse, wire};
 use crate::{describe_io_error, sys};
@@ -22,22 +22,6 @@ const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::S
 
 /// How long open files may keep a lazily unmounted session alive after a signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// The most inodes the table holds before the evictor asks the kernel to forget the
-/// least recently used. About 400 bytes of daemon memory each (measured: 16,923 held
-/// added 6.3 MiB of RSS), plus a pinned backing dentry in the kernel, so 50,000 inodes
-/// stay near 20 MiB.
-const MAX_CACHED_INODES: u64 = 50_000;
-
-/// How many inodes (one descriptor each) may be held with `fd_limit` descriptors: an
-/// eighth, at least 1024, stays free for open files, directories being listed and the
-/// session itself.
-fn inode_budget(fd_limit: u64) -> usize {
-    let reserve = (fd_limit / 8).max(1024);
-    fd_limit
-        .saturating_sub(reserve)
-        .clamp(256, MAX_CACHED_INODES) as usize
-}
 
 /// Unmounts `target`; if files are still open there, detaches it lazily instead.
 pub fn unmount(target: &CStr) -> io::Result<()> {
@@ -119,7 +103,6 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
             1024
         }
     };
-    let max_inodes = inode_budget(fd_limit);
     // Each creation applies the caller's umask itself (see creds::act_as_creator).
     sys::set_umask(0);
 
@@ -148,8 +131,16 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let root_mode = sys::fstat(root.as_fd())
         .map_err(|e| Error(format!("backing directory: {e}")))?
         .st_mode;
-    let fs =
-        Arc::new(Fs::new(root, max_inodes).map_err(|e| Error(format!("backing directory: {e}")))?);
+    let fs = Arc::new(
+        Fs::new(
+            root,
+            FsOptions {
+                fd_limit,
+                file_handles: config.options.file_handles,
+            },
+        )
+        .map_err(|e| Error(format!("backing directory: {e}")))?,
+    );
 
     let dev = sys::openat(None, c"/dev/fuse", libc::O_RDWR, 0).map_err(|e| {
         Error(format!(
@@ -198,10 +189,10 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         dup("passthrough")?,
         negotiated.passthrough,
     ));
-    if let Ok(root) = fs.inode(crate::inode::ROOT_ID) {
-        passthrough.probe(root.fd());
+    passthrough.probe(fs.inodes.root_fd());
+    if !fs.uses_file_handles() {
+        spawn_pruner(fs.clone(), dup("notifications")?)?;
     }
-    spawn_evictor(fs.clone(), dup("notifications")?)?;
     if config.options.passthrough == Passthrough::On && !passthrough.enabled() {
         return Err(Error(
             "passthrough=on, but the kernel refuses FUSE passthrough here \
@@ -297,30 +288,32 @@ fn mount_present(id: u64) -> bool {
     mounts().iter().any(|(other, _)| *other == id)
 }
 
-/// Keeps the inode table within its descriptor budget: asks the kernel to drop the
-/// dentries of the least recently used inodes, so it sends FORGET for them. Runs on its
-/// own thread because the kernel takes the parent directory's lock for the notification,
-/// which a request being served may hold.
-fn spawn_evictor(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
+/// Where inodes hold descriptors (no file handles), keeps them within their budget: asks
+/// the kernel to prune the least recently used (FUSE_NOTIFY_PRUNE drops only dentries
+/// nothing uses: no open file, working directory or mount is ever affected), and the
+/// kernel answers with FORGET. Runs on its own thread: a notification may wait for locks
+/// a request being served holds.
+fn spawn_pruner(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
     std::thread::Builder::new()
-        .name("fastfs-evictor".into())
+        .name("fastfs-pruner".into())
         .spawn(move || {
             loop {
-                let hints = fs.wait_for_eviction_candidates();
-                log::debug!("asking the kernel to forget {} inodes", hints.len());
-                for hint in hints {
-                    // ENOENT: the kernel had already dropped that dentry.
-                    let _ = sys::writev(
-                        dev.as_fd(),
-                        &[&wire::inval_entry(hint.parent, &hint.name, false)],
-                    );
+                let nodes = fs.wait_for_pruning();
+                log::debug!("asking the kernel to prune {} inodes", nodes.len());
+                for batch in nodes.chunks(256) {
+                    if let Err(e) = sys::writev(dev.as_fd(), &[&wire::prune(batch)]) {
+                        if e.raw_os_error() == Some(libc::ENODEV) {
+                            return;
+                        }
+                        log::warn!("the kernel refused to prune inodes: {e}");
+                    }
                 }
-                // Let the FORGETs arrive before measuring the table again.
+                // Let the FORGETs arrive before measuring again.
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
         .map(drop)
-        .map_err(|e| Error(format!("cannot start the evictor thread: {e}")))
+        .map_err(|e| Error(format!("cannot start the pruner thread: {e}")))
 }
 
 fn spawn_signal_thread(target: CString) -> Result<(), Error> {
@@ -356,13 +349,6 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b\134c"), b"/mnt/a b\\c");
         assert_eq!(unescape_mountinfo(r"/plain\09"), b"/plain\\09");
         assert_eq!(unescape_mountinfo(r"/not\777"), b"/not\\777");
-    }
-
-    #[test]
-    fn inode_budget_leaves_descriptors_free_and_bounds_memory() {
-        assert_eq!(inode_budget(1024), 256);
-        assert_eq!(inode_budget(20_000), 17_500);
-        assert_eq!(inode_budget(1 << 20), MAX_CACHED_INODES as usize);
     }
 
     #[test]

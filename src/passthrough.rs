@@ -108,7 +108,7 @@ impl Passthrough {
         if handle.inode.kind != libc::S_IFREG || !self.enabled() {
             return None;
         }
-        let state = &handle.inode.open_state;
+        let state = &handle.open_state;
         let (backing, registrant) = match state.shared_backing() {
             Some(shared) => shared,
             None => {

@@ -106,6 +106,13 @@ pub struct Snapshot {
     /// Requests by operation, in the order of [`OPERATIONS`].
     pub by_op: Vec<u64>,
     pub inodes: u64,
+    /// Inodes holding a descriptor of their own (not kept as file handles).
+    pub inodes_with_descriptor: u64,
+    /// 1 when inodes on the backing root's mount are kept as file handles.
+    pub file_handles: u64,
+    pub fd_cache_hits: u64,
+    pub fd_cache_misses: u64,
+    pub fd_cache_entries: u64,
     pub open_handles: u64,
     /// Identity changes of serving threads (see `creds`).
     pub credential_switches: u64,
@@ -144,6 +151,11 @@ impl Stats {
                 .map(|&(opcode, _)| get(&self.by_op.0[opcode as usize]))
                 .collect(),
             inodes: 0,
+            inodes_with_descriptor: 0,
+            file_handles: 0,
+            fd_cache_hits: 0,
+            fd_cache_misses: 0,
+            fd_cache_entries: 0,
             open_handles: 0,
             credential_switches: 0,
         }
@@ -169,6 +181,11 @@ impl Snapshot {
             ("requests", self.requests),
             ("requests.max_in_flight", self.max_in_flight),
             ("inodes", self.inodes),
+            ("inodes.with_descriptor", self.inodes_with_descriptor),
+            ("identity.file_handles", self.file_handles),
+            ("fd_cache.hits", self.fd_cache_hits),
+            ("fd_cache.misses", self.fd_cache_misses),
+            ("fd_cache.entries", self.fd_cache_entries),
             ("open_handles", self.open_handles),
             ("credential_switches", self.credential_switches),
         ]

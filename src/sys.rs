@@ -731,3 +731,114 @@ pub fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain call on a borrowed descriptor.
     check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
 }
+
+/// `stat` of an object and the id of the mount it was reached through.
+#[derive(Clone, Copy)]
+pub struct StatMount {
+    pub st: libc::stat,
+    /// The unique 64-bit mount id (Linux 6.8+), else the reusable 32-bit one.
+    pub mnt_id: u64,
+}
+
+/// Safe wrapper for `statx(2)` of `name` in `dir` (or of `dir` itself with an empty name
+/// and `AT_EMPTY_PATH`), never following a symlink; returns `stat`'s fields and the
+/// mount id.
+pub fn statx(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<StatMount> {
+    let mut stx = MaybeUninit::<libc::statx>::zeroed();
+    let mask = libc::STATX_BASIC_STATS | libc::STATX_MNT_ID | libc::STATX_MNT_ID_UNIQUE;
+    // SAFETY: `stx` is valid for writes of one statx; `name` is NUL-terminated.
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+            mask,
+            stx.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: statx succeeded (and the buffer was zeroed to begin with).
+    let x = unsafe { stx.assume_init() };
+    let mut st = zeroed_stat();
+    st.st_dev = libc::makedev(x.stx_dev_major, x.stx_dev_minor);
+    st.st_ino = x.stx_ino;
+    st.st_mode = libc::mode_t::from(x.stx_mode);
+    st.st_nlink = libc::nlink_t::from(x.stx_nlink);
+    st.st_uid = x.stx_uid;
+    st.st_gid = x.stx_gid;
+    st.st_rdev = libc::makedev(x.stx_rdev_major, x.stx_rdev_minor);
+    st.st_size = x.stx_size as libc::off_t;
+    st.st_blksize = x.stx_blksize as libc::blksize_t;
+    st.st_blocks = x.stx_blocks as libc::blkcnt_t;
+    st.st_atime = x.stx_atime.tv_sec;
+    st.st_atime_nsec = i64::from(x.stx_atime.tv_nsec);
+    st.st_mtime = x.stx_mtime.tv_sec;
+    st.st_mtime_nsec = i64::from(x.stx_mtime.tv_nsec);
+    st.st_ctime = x.stx_ctime.tv_sec;
+    st.st_ctime_nsec = i64::from(x.stx_ctime.tv_nsec);
+    Ok(StatMount {
+        st,
+        mnt_id: x.stx_mnt_id,
+    })
+}
+
+/// The most bytes a file handle can have (`MAX_HANDLE_SZ`).
+pub const MAX_HANDLE_BYTES: usize = 128;
+
+/// Safe wrapper for `name_to_handle_at(2)` of `name` in `dir` (or of `dir` with an empty
+/// name and `AT_EMPTY_PATH`), never following a symlink: the handle's type and bytes.
+pub fn name_to_handle_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+) -> io::Result<(i32, Vec<u8>)> {
+    let mut buf = [0u8; 8 + MAX_HANDLE_BYTES];
+    buf[..4].copy_from_slice(&(MAX_HANDLE_BYTES as u32).to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a struct file_handle with room for MAX_HANDLE_SZ bytes, its
+    // handle_bytes field saying so; `mount_id` is valid for a write.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            flags,
+        )
+    };
+    check(ret as libc::c_int)?;
+    let len =
+        (u32::from_ne_bytes(buf[..4].try_into().expect("4 bytes")) as usize).min(MAX_HANDLE_BYTES);
+    let handle_type = i32::from_ne_bytes(buf[4..8].try_into().expect("4 bytes"));
+    Ok((handle_type, buf[8..8 + len].to_vec()))
+}
+
+/// Safe wrapper for `open_by_handle_at(2)` on the mount of `mount` (a descriptor that
+/// is not `O_PATH`). Needs CAP_DAC_READ_SEARCH; ESTALE once the object is gone.
+pub fn open_by_handle_at(
+    mount: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+    flags: libc::c_int,
+) -> io::Result<OwnedFd> {
+    if handle.len() > MAX_HANDLE_BYTES {
+        return Err(einval());
+    }
+    let mut buf = [0u8; 8 + MAX_HANDLE_BYTES];
+    buf[..4].copy_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&handle_type.to_ne_bytes());
+    buf[8..8 + handle.len()].copy_from_slice(handle);
+    // SAFETY: `buf` is a complete struct file_handle; on success the kernel returns a
+    // new descriptor nobody else owns.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            buf.as_ptr(),
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    let fd = check(fd as libc::c_int)?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -182,16 +182,15 @@ impl Dispatcher {
             generation: 0,
             entry_valid: self.cache.ttl(),
             attr_valid: self.cache.ttl(),
-            attr: self.attr(entry.inode.id, &entry.st),
+            attr: attr(entry),
         }
     }
 
-    /// Attributes of node `id`; `st_ino` becomes the node id.
-    fn attr(&self, id: u64, st: &libc::stat) -> Attr {
-        Attr {
-            ino: id,
-            ..Attr::of(st)
-        }
+    fn attr_reply(&self, result: io::Result<Entry>) -> Reply {
+        reply_of(result, |e| Reply::Attr {
+            valid: self.cache.ttl(),
+            attr: attr(&e),
+        })
     }
 
     fn entry(&self, result: io::Result<Entry>) -> Reply {
@@ -260,10 +259,7 @@ impl Dispatcher {
                 }
                 return None;
             }
-            Op::Getattr { .. } => reply_of(fs.getattr(node), |st| Reply::Attr {
-                valid: self.cache.ttl(),
-                attr: self.attr(node, &st),
-            }),
+            Op::Getattr { fh } => self.attr_reply(fs.getattr(node, *fh)),
             Op::Setattr(s) => {
                 let v = s.valid;
                 // Nothing to change but the kernel asking to drop privileges: after a write
@@ -282,10 +278,7 @@ impl Dispatcher {
                     kill_privileges: changes == 0,
                 };
                 let fh = (v & fattr::FH != 0).then_some(s.fh);
-                reply_of(fs.setattr(node, fh, change, &caller), |st| Reply::Attr {
-                    valid: self.cache.ttl(),
-                    attr: self.attr(node, &st),
-                })
+                self.attr_reply(fs.setattr(node, fh, change, &caller))
             }
             Op::Readlink => reply_of(fs.readlink(node), Reply::Data),
             Op::Symlink { name, target } => self.entry(fs.symlink(node, name, target, &caller)),
@@ -476,6 +469,15 @@ impl Dispatcher {
             out.push_plus(&entry, ino, e.next_offset, kind, name)
         });
         reply_of(result, |()| out.into_reply())
+    }
+}
+
+/// The attributes of an entry: the backing `stat`, with the inode number the inode
+/// reports (see [`crate::inode`]).
+fn attr(entry: &Entry) -> Attr {
+    Attr {
+        ino: entry.inode.ino,
+        ..Attr::of(&entry.st)
     }
 }
 

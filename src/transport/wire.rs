@@ -103,6 +103,7 @@ const EXT_GROUPS: u32 = 32;
 pub const EXPIRE_ONLY: u32 = 1 << 0;
 /// Notification codes (the `error` field of a notification's out header).
 pub const NOTIFY_INVAL_ENTRY: i32 = 3;
+pub const NOTIFY_PRUNE: i32 = 9;
 
 /// `fuse_open_out.open_flags`.
 pub mod fopen {
@@ -965,6 +966,20 @@ pub fn inval_entry(parent: u64, name: &OsStr, expire_only: bool) -> Vec<u8> {
     body.extend_from_slice(name.as_bytes());
     body.push(0);
     encode_notification(NOTIFY_INVAL_ENTRY, &body)
+}
+
+/// `FUSE_NOTIFY_PRUNE` (protocol 7.45): asks the kernel to drop the dentries of `nodes`
+/// that nothing uses (no open file, working directory or mount holds them), so that it
+/// sends FORGET for their inodes. Dentries in use are left alone.
+pub fn prune(nodes: &[u64]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(16 + 8 * nodes.len());
+    body.extend_from_slice(&(nodes.len() as u32).to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend_from_slice(&0u64.to_ne_bytes());
+    for node in nodes {
+        body.extend_from_slice(&node.to_ne_bytes());
+    }
+    encode_notification(NOTIFY_PRUNE, &body)
 }
 
 /// Bytes of a `fuse_dirent` header and of a `fuse_direntplus` header.

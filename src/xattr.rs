@@ -1,0 +1,101 @@
+//! Extended attributes (ACLs among them), and the virtual attribute `fastfs stats` reads.
+//!
+//! Attributes are read, listed and changed as the caller: the backing filesystem decides
+//! who sees `trusted.*` and who may set `user.*` or ACLs (and a new access ACL drops
+//! set-gid for a caller outside the group, as natively).
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+
+use crate::creds::Caller;
+use crate::fs::{Fs, errno};
+use crate::inode::{NodeId, ROOT_ID};
+use crate::stats::STATS_XATTR;
+use crate::sys;
+
+/// An extended attribute value, or only its size when the caller asked for that.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// A value for a getxattr-style reply: the size when `size` is 0, `ERANGE` when too small.
+fn sized(data: Vec<u8>, size: u32) -> io::Result<Xattr> {
+    if size == 0 {
+        Ok(Xattr::Size(data.len() as u32))
+    } else if data.len() > size as usize {
+        Err(errno(libc::ERANGE))
+    } else {
+        Ok(Xattr::Data(data))
+    }
+}
+
+/// Reads a value or list with `read` into a buffer of `size` bytes (0: the size only).
+fn read_sized(size: u32, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> io::Result<Xattr> {
+    if size == 0 {
+        return Ok(Xattr::Size(read(&mut [])? as u32));
+    }
+    let mut buf = vec![0u8; size as usize];
+    let n = read(&mut buf)?;
+    buf.truncate(n);
+    Ok(Xattr::Data(buf))
+}
+
+fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
+    id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
+}
+
+impl Fs {
+    pub fn getxattr(
+        &self,
+        id: NodeId,
+        name: &OsStr,
+        size: u32,
+        caller: &Caller,
+    ) -> io::Result<Xattr> {
+        if is_stats_xattr(id, name) {
+            return sized(self.snapshot().render().into_bytes(), size);
+        }
+        let fd = self.path_fd_of(id)?;
+        let name = sys::cstr(name)?;
+        let _as = self.creds.act_as(caller)?;
+        let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
+        read_sized(size, |buf| sys::getxattr(&path, &name, buf))
+    }
+
+    pub fn listxattr(&self, id: NodeId, size: u32, caller: &Caller) -> io::Result<Xattr> {
+        let fd = self.path_fd_of(id)?;
+        let _as = self.creds.act_as(caller)?;
+        let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
+        read_sized(size, |buf| sys::listxattr(&path, buf))
+    }
+
+    pub fn setxattr(
+        &self,
+        id: NodeId,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: &Caller,
+    ) -> io::Result<()> {
+        if is_stats_xattr(id, name) {
+            return Err(errno(libc::EPERM));
+        }
+        let fd = self.path_fd_of(id)?;
+        let _as = self.creds.act_as(caller)?;
+        let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
+        sys::setxattr(&path, &sys::cstr(name)?, value, flags)
+    }
+
+    pub fn removexattr(&self, id: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
+        if is_stats_xattr(id, name) {
+            return Err(errno(libc::EPERM));
+        }
+        let fd = self.path_fd_of(id)?;
+        let _as = self.creds.act_as(caller)?;
+        let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
+        sys::removexattr(&path, &sys::cstr(name)?)
+    }
+}
