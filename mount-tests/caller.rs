@@ -165,7 +165,7 @@ print(opened, taken, denied, other)
     );
     assert!(lost.is_empty(), "root's files changed hands: {lost:?}");
     assert!(
-        root_files > 100 && opened > 100 && denied > 0,
+        root_files > 100 && denied > 100,
         "the two sides did not contend: root {root_files}, nobody {opened}/{denied}"
     );
     assert!(raced > 0, "the CREATE race was never hit");
@@ -240,8 +240,24 @@ fn an_unprivileged_user_meets_the_root_reserve_as_natively() {
         native.abs_diff(shared) <= 1 << 20,
         "natively {native} bytes, to a file root holds open {shared}"
     );
-    // Preallocation and copies are charged to the caller too.
+    // So are dirty pages of a shared mapping, which the kernel writes back from a thread
+    // of its own (no caller's credentials on those writes).
     fs::remove_file(m.m("data/shared")).unwrap();
+    wait_for_free_space(&small.path, empty - (1 << 20));
+    let _ = as_nobody(&format!(
+        "{PYTHON} -c \"import mmap, os\nfd = os.open('{f}', os.O_RDWR | os.O_CREAT, 0o644)\n\
+         os.ftruncate(fd, 40 << 20)\nm = mmap.mmap(fd, 40 << 20)\n\
+         for i in range(0, 40 << 20, 4096): m[i] = 1\nos.sync()\"",
+        f = m.m("data/mapped").display()
+    ));
+    sh("sync");
+    let allocated = fs::metadata(m.b("data/mapped")).unwrap().blocks() * 512;
+    assert!(
+        allocated <= native + (1 << 20),
+        "a shared mapping allocated {allocated} bytes; natively the reserve stops at {native}"
+    );
+    // Preallocation and copies are charged to the caller too.
+    fs::remove_file(m.m("data/mapped")).unwrap();
     wait_for_free_space(&small.path, empty - (1 << 20));
     let fallocated = as_nobody(&format!("fallocate -l 40M {}", m.m("data/big").display()));
     assert!(
@@ -293,6 +309,9 @@ fn root_without_capabilities_gets_no_more_than_natively() {
             format!("ls {d}/sub"),
             format!("setfattr -n user.x -v 1 {d}/mine"),
             format!("mknod {d}/dev c 1 3"),
+            // chown(f, -1, -1) of another user's file (natively only for its owner or
+            // with CAP_FOWNER once set-id bits would be dropped; here: a plain file).
+            format!("{PYTHON} -c \"import os; os.chmod('{d}/mine', 0o600)\""),
         ]
         .iter()
         .map(|script| as_root_without_capabilities(script).status.success())
@@ -354,6 +373,92 @@ fn a_native_chmod_takes_effect_at_the_next_open_in_every_cache_mode() {
         fs::set_permissions(m.b("doc"), fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(nobody_ok(&format!("cat {doc}")), "shared\n", "{cache}");
     }
+}
+
+/// Root without CAP_FSETID drops set-id bits when it truncates, natively; without
+/// CAP_FOWNER it may not chown(f, -1, -1) another user's set-id file.
+#[test]
+fn root_without_capabilities_drops_and_keeps_set_id_bits_as_natively() {
+    let m = Mounted::new();
+    let native = m.native_dir("native");
+    let mut modes = Vec::new();
+    for dir in [m.mnt.clone(), native] {
+        let d = dir.display();
+        sh(&format!(
+            "cd {d} && for f in t o; do echo data > $f && chmod 6755 $f; done && \
+             echo data > theirs && chown 1234:1234 theirs && chmod 6755 theirs"
+        ));
+        let ran: Vec<bool> = [
+            format!("truncate -s 2 {d}/t"),
+            format!(
+                "{PYTHON} -c \"import os; os.close(os.open('{d}/o', os.O_WRONLY | os.O_TRUNC))\""
+            ),
+            format!("{PYTHON} -c \"import os; os.chown('{d}/theirs', -1, -1)\""),
+        ]
+        .iter()
+        .map(|script| as_root_without_capabilities(script).status.success())
+        .collect();
+        let after = sh(&format!("stat -c %a {d}/t {d}/o {d}/theirs"));
+        modes.push((ran, after));
+    }
+    assert_eq!(modes[0], modes[1], "through fastfs vs native");
+    assert_eq!(modes[1].1, "755\n755\n6755\n");
+}
+
+/// A CREATE for a name the kernel believes absent must not open another user's file
+/// for a root that lacks the rights to: the kernel skips its own check on a created file.
+#[test]
+fn root_without_capabilities_cannot_open_a_file_behind_a_cached_negative_entry() {
+    let m = shared_mount(&[]);
+    let victim = m.m("pub/victim");
+    let out = as_root_without_capabilities(&format!("stat {}", victim.display()));
+    assert!(!out.status.success());
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(m.b("pub/victim"))
+        .unwrap()
+        .write_all(b"uid 1234's data\n")
+        .unwrap();
+    std::os::unix::fs::chown(m.b("pub/victim"), Some(1234), Some(1234)).unwrap();
+    for target in [victim.clone(), m.b("pub/victim")] {
+        let out = as_root_without_capabilities(&format!(
+            "{PYTHON} -c \"import os; fd = os.open('{}', os.O_RDWR | os.O_CREAT); os.pwrite(fd, b'OWNED', 0)\"",
+            target.display()
+        ));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{}: {out:?}",
+            target.display()
+        );
+    }
+    assert_eq!(fs::read(m.b("pub/victim")).unwrap(), b"uid 1234's data\n");
+}
+
+/// The kernel checks search permission on each directory of a path against its cached
+/// attributes, and only the last directory reaches the daemon: a directory's attributes
+/// are re-checked after at most a second, so a chmod made directly in BACKING closes the
+/// paths below it in every cache mode.
+#[test]
+fn a_native_chmod_of_a_directory_closes_the_paths_below_it() {
+    let m = shared_mount(&[]);
+    sh(&format!(
+        "cd {} && mkdir -p dir/sub/deeper && echo data > dir/sub/f && chmod 666 dir/sub/f && \
+         echo deep > dir/sub/deeper/g",
+        m.backing.display()
+    ));
+    let f = m.m("dir/sub/f").display().to_string();
+    assert_eq!(nobody_ok(&format!("cat {f}")), "data\n");
+    fs::set_permissions(m.b("dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    // Past a directory attribute's lifetime.
+    std::thread::sleep(Duration::from_millis(1100));
+    nobody_denied(&format!("cat {f}"), "Permission denied");
+    nobody_denied(&format!("echo w >> {f}"), "Permission denied");
+    nobody_denied(
+        &format!("cat {}", m.m("dir/sub/deeper/g").display()),
+        "Permission denied",
+    );
 }
 
 /// Runs `setup` as root and then `script` as nobody in the mount's `pub` and in a native
@@ -496,4 +601,96 @@ fn times_before_the_epoch_are_stored_exactly() {
     }
     assert_eq!(stored[0], stored[1]);
     assert_eq!(stored[1], "1969-12-31 23:59:58.250000000 +0000\n");
+}
+
+/// The kernel's request to drop privileges after another user's write, raced against the
+/// owner's chmod: the drop never brings back access the owner just took away.
+#[test]
+fn dropping_set_id_bits_never_undoes_a_concurrent_chmod() {
+    let m = shared_mount(&[]);
+    let f = m.b("pub/f");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o4777)).unwrap();
+    let mut droppers: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    PYTHON,
+                    "-c",
+                ])
+                .arg(format!(
+                    "import os, time\nend = time.monotonic() + 5\n\
+                     while time.monotonic() < end:\n    try: os.chown('{}', -1, -1)\n    \
+                     except OSError: pass",
+                    m.m("pub/f").display()
+                ))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut rounds, mut undone) = (0, 0);
+    while Instant::now() < deadline {
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o4777)).unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        if fs::metadata(&f).unwrap().mode() & 0o777 != 0o600 {
+            undone += 1;
+        }
+        rounds += 1;
+    }
+    for d in &mut droppers {
+        d.wait().unwrap();
+    }
+    assert!(rounds > 100, "only {rounds} rounds");
+    assert_eq!(undone, 0, "{undone} of {rounds} chmods undone");
+}
+
+/// A write to a file with file capabilities drops them, natively, for anyone who may
+/// write it (the kernel removes `security.capability` itself, no right needed).
+#[test]
+fn writing_a_file_with_capabilities_drops_them_as_natively() {
+    let m = shared_mount(&[]);
+    let native = native_pub(&m);
+    let mut results = Vec::new();
+    for dir in [m.m("pub"), native] {
+        let f = dir.join("tool");
+        fs::copy("/bin/true", &f).unwrap();
+        sh(&format!(
+            "chown 65534:65534 {f} && setcap cap_net_raw+ep {f}",
+            f = f.display()
+        ));
+        let wrote = as_nobody(&format!("echo >> {}", f.display()))
+            .status
+            .success();
+        let caps = sh(&format!("getcap {}", f.display()));
+        results.push((wrote, caps.contains("cap_net_raw")));
+    }
+    assert_eq!(results[0], results[1], "through fastfs vs native");
+    assert_eq!(results[1], (true, false));
+}
+
+/// An append-only file (`chattr +a`) takes appends and refuses other writes.
+#[test]
+fn an_append_only_file_takes_appends_as_natively() {
+    let m = Mounted::new();
+    let native = m.native_dir("native");
+    let mut results = Vec::new();
+    for (dir, real) in [(m.mnt.clone(), m.backing.clone()), (native.clone(), native)] {
+        let f = dir.join("log");
+        fs::write(&f, b"a\n").unwrap();
+        sh(&format!("chattr +a {}", real.join("log").display()));
+        let appended = sh_output(&format!("echo b >> {}", f.display()))
+            .status
+            .success();
+        let overwritten = sh_output(&format!("echo c > {}", f.display()))
+            .status
+            .success();
+        sh(&format!("chattr -a {}", real.join("log").display()));
+        results.push((appended, overwritten, fs::read(&f).unwrap()));
+    }
+    assert_eq!(results[0], results[1], "through fastfs vs native");
+    assert_eq!(results[1], (true, false, b"a\nb\n".to_vec()));
 }

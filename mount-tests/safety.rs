@@ -2,7 +2,7 @@
 //! failing backing directories, and faults of the daemon itself.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -356,4 +356,165 @@ fn a_walk_of_100k_files_costs_no_descriptor_per_inode() {
         inodes = m.stats()["inodes"];
     }
     assert!(inodes < 100, "{:?}", m.stats());
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Starts `script` (Python) as nobody with piped stdin and stdout.
+fn nobody_python(script: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PYTHON,
+            "-c",
+            script,
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads one line of `child`'s stdout.
+fn line_of(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_string()
+}
+
+/// A user holding leases on its own files in BACKING blocks every open of them through
+/// the mount until it lets go; other users' requests are still served meanwhile.
+#[test]
+fn requests_blocked_by_one_user_do_not_stall_the_others() {
+    let m = shared_mount();
+    fs::create_dir(m.b("leased")).unwrap();
+    std::os::unix::fs::chown(m.b("leased"), Some(65534), Some(65534)).unwrap();
+    fs::write(m.b("other"), b"still served\n").unwrap();
+    let blocked = 8;
+    let mut holder = nobody_python(
+        "import fcntl, os, signal, sys\n\
+         signal.signal(signal.SIGIO, signal.SIG_IGN)\n\
+         fds = []\n\
+         for i in range(int(sys.argv[2])):\n\
+         \x20   fd = os.open(f'{sys.argv[1]}/l{i}', os.O_RDONLY | os.O_CREAT, 0o666)\n\
+         \x20   fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)\n\
+         \x20   fds.append(fd)\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+        &[m.b("leased").to_str().unwrap(), &blocked.to_string()],
+    );
+    assert_eq!(line_of(&mut holder), "ready");
+    // Each open waits in the daemon for the lease holder, holding a request thread.
+    let mut openers: Vec<_> = (0..blocked)
+        .map(|i| {
+            nobody_python(
+                "import os, sys\nos.close(os.open(sys.argv[1], os.O_WRONLY))\n",
+                &[m.m(&format!("leased/l{i}")).to_str().unwrap()],
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let listed = sh(&format!(
+        "ls {} && cat {}",
+        m.mnt.display(),
+        m.m("other").display()
+    ));
+    assert!(listed.contains("still served"), "{listed}");
+    let still_blocked = openers
+        .iter_mut()
+        .map(|o| o.try_wait().unwrap())
+        .filter(Option::is_none)
+        .count();
+    assert_eq!(
+        still_blocked, blocked,
+        "the openers were not blocked while root was served"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    for mut opener in openers {
+        assert!(opener.wait().unwrap().success());
+    }
+}
+
+/// Every open file costs the daemon a descriptor, from one limit all users share: one user
+/// may hold a quarter of it, so root can still work when that user has taken its all.
+#[test]
+fn one_user_cannot_take_every_descriptor_of_the_daemon() {
+    let m = Mounted::under(&["prlimit", "--nofile=2048:2048"], &["allow_other"]);
+    make_traversable(&m.mnt);
+    fs::write(m.b("f"), b"x").unwrap();
+    fs::write(m.b("g"), b"root's\n").unwrap();
+    let mut hoarder = nobody_python(
+        "import errno, os, resource, sys\n\
+         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n\
+         fds = []\n\
+         try:\n\
+         \x20   while True: fds.append(os.open(sys.argv[1], os.O_RDONLY))\n\
+         except OSError as e:\n\
+         \x20   print(len(fds), errno.errorcode[e.errno], flush=True)\n\
+         sys.stdin.read()\n",
+        &[m.m("f").to_str().unwrap()],
+    );
+    let report = line_of(&mut hoarder);
+    let (held, error) = report.split_once(' ').unwrap();
+    let held: usize = held.parse().unwrap();
+    assert_eq!(error, "ENFILE", "{report}");
+    assert_eq!(held, 512, "a quarter of the daemon's 2048 descriptors");
+    assert_eq!(fs::read(m.m("g")).unwrap(), b"root's\n");
+    drop(hoarder.stdin.take());
+    hoarder.wait().unwrap();
+}
+
+/// Kernel passthrough backing files are unregistered whichever thread drops the last
+/// handle: none stays behind holding a deleted file's blocks.
+#[test]
+fn backing_files_of_closed_handles_never_pin_deleted_files() {
+    let small = LoopFs::new("mkfs.ext4 -q -F -O ^has_journal", "64M");
+    let m = Mounted::over(&small.path, &["allow_other"]);
+    make_traversable(&m.mnt);
+    let empty = free_bytes(&small.path);
+    write_random(&m.m("big"), 15);
+    fs::set_permissions(m.m("big"), fs::Permissions::from_mode(0o644)).unwrap();
+    let mut churn = nobody_python(
+        "import os, sys, threading\n\
+         def churn():\n\
+         \x20   for _ in range(300):\n\
+         \x20       a = os.open(sys.argv[1], os.O_RDONLY); b = os.open(sys.argv[1], os.O_RDONLY)\n\
+         \x20       os.close(a); os.close(b)\n\
+         ts = [threading.Thread(target=churn) for _ in range(4)]\n\
+         [t.start() for t in ts]; [t.join() for t in ts]\n\
+         print('done', flush=True)\n",
+        &[m.m("big").to_str().unwrap()],
+    );
+    assert_eq!(line_of(&mut churn), "done");
+    churn.wait().unwrap();
+    fs::remove_file(m.m("big")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while free_bytes(&small.path) + (1 << 20) < empty {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted file's blocks stay in use:\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !m.log_text().contains("cannot unregister"),
+        "{}",
+        m.log_text()
+    );
+}
+
+/// Free bytes of the filesystem at `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let out = sh(&format!("stat -f -c '%f %S' {}", path.display()));
+    let (blocks, size) = out.trim().split_once(' ').unwrap();
+    blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap()
 }

@@ -24,7 +24,7 @@
 //!
 //! Supplementary groups: FUSE requests carry only uid, gid and pid. The groups are read
 //! from `/proc/PID/status` of the requesting thread (only if its filesystem ids still
-//! match the request) and cached for [`GROUPS_TTL`]. They can be stale by that long, and
+//! match the request) and cached for [`STATUS_TTL`]. They can be stale by that long, and
 //! are empty when the pid is not visible (another pid namespace) or gone; the kernel has
 //! already checked permissions with the real groups (`default_permissions`), so a stale
 //! or missing group can only refuse what native would allow, except where a group is
@@ -58,18 +58,20 @@ pub struct Caller {
 
 const CAP_SYS_ADMIN: u32 = 21;
 
-/// How long supplementary groups read from `/proc` are trusted.
-pub const GROUPS_TTL: Duration = Duration::from_secs(1);
+/// How long groups and capabilities read from `/proc` are trusted.
+pub const STATUS_TTL: Duration = Duration::from_secs(1);
 
-/// Bound on cached group lists (the cache is emptied when it is reached).
-const GROUPS_CACHE_LIMIT: usize = 4096;
+/// Bound on cached statuses (the cache is emptied when it is reached).
+const STATUS_CACHE_LIMIT: usize = 4096;
 
-/// The ids a thread acts with.
+/// The ids and capabilities a thread acts with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Identity {
     uid: u32,
     gid: u32,
     groups: Arc<[libc::gid_t]>,
+    /// Effective capabilities (bit n = capability n).
+    caps: u64,
 }
 
 thread_local! {
@@ -80,47 +82,54 @@ thread_local! {
     static OWN_UMASK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The daemon's own identity, and the cache of callers' supplementary groups.
+/// The daemon's own identity, and the cache of what callers' `/proc` status says.
 pub struct Credentials {
     daemon: Identity,
-    cache: Mutex<HashMap<Caller, CachedGroups>>,
+    cache: Mutex<HashMap<Caller, CachedStatus>>,
     /// Identity changes made by serving threads.
     switches: AtomicU64,
 }
 
-struct CachedGroups {
+struct CachedStatus {
     read_at: Instant,
-    groups: Arc<[libc::gid_t]>,
+    /// `None`: the status could not be read (see [`Credentials::act_as`]).
+    ids: Option<StatusIds>,
+}
+
+/// What a caller's `/proc/PID/status` says beyond the request's uid and gid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusIds {
+    pub groups: Arc<[libc::gid_t]>,
+    /// Effective capabilities.
+    pub caps: u64,
 }
 
 /// Proof that the calling thread has the identity a call needs; hold it across the call.
 #[must_use = "the identity holds only for calls made while this is alive"]
-pub struct Acting<'a> {
-    /// With CAP_SYS_ADMIN raised for a backing registration: lowered on drop.
-    registrant: Option<&'a Credentials>,
+pub struct Acting {
+    /// For a backing registration: the effective capabilities to go back to when
+    /// dropped (CAP_SYS_ADMIN was raised on top of them).
+    lower_to: Option<u64>,
 }
 
-impl Drop for Acting<'_> {
+impl Drop for Acting {
     fn drop(&mut self) {
-        if let Some(creds) = self.registrant {
-            // Back to the daemon's uid, which gives back exactly the permitted capabilities;
-            // the next act_as switches to whoever asks.
-            CURRENT.set(None);
-            if let Err(e) = sys::set_thread_resuid(u32::MAX, creds.daemon.uid, u32::MAX) {
-                fatal(e);
-            }
+        if let Some(caps) = self.lower_to
+            && let Err(e) = sys::set_effective_capabilities(caps)
+        {
+            fatal(e);
         }
     }
 }
 
-/// The calling thread's effective ids and groups, as the kernel has them.
+/// The calling thread's effective ids, groups and capabilities, as the kernel has them.
 fn thread_identity() -> Option<Identity> {
     let (uid, gid) = sys::effective_ids();
-    let groups = sys::thread_groups().ok()?;
     Some(Identity {
         uid,
         gid,
-        groups: groups.into(),
+        groups: sys::thread_groups().ok()?.into(),
+        caps: sys::thread_capabilities().ok()?.effective,
     })
 }
 
@@ -140,6 +149,8 @@ impl Credentials {
                 uid,
                 gid,
                 groups: sys::thread_groups()?.into(),
+                // The daemon may raise anything it is permitted.
+                caps: sys::thread_capabilities()?.permitted,
             },
             cache: Mutex::new(HashMap::new()),
             switches: AtomicU64::new(0),
@@ -151,30 +162,31 @@ impl Credentials {
         self.switches.load(Ordering::Relaxed)
     }
 
-    /// Makes the calling thread act as `caller` (if it does not already).
-    pub fn act_as(&self, caller: &Caller) -> io::Result<Acting<'_>> {
-        let wanted = if caller.uid == self.daemon.uid {
-            // Root's capabilities make its groups irrelevant; its gid still names the
-            // group of what it creates.
-            Identity {
-                gid: caller.gid,
-                ..self.daemon.clone()
-            }
-        } else {
-            Identity {
-                uid: caller.uid,
-                gid: caller.gid,
-                groups: self.supplementary_groups(caller),
-            }
+    /// Makes the calling thread act as `caller` (if it does not already): its uid, gid,
+    /// supplementary groups and effective capabilities (within the daemon's own), as
+    /// `/proc/PID/status` of the requesting thread gives them. When that cannot be read
+    /// (the pid is in no namespace the daemon sees, or gone) the caller has no
+    /// supplementary groups, and no capabilities unless its uid is the daemon's, which
+    /// then acts with the daemon's.
+    pub fn act_as(&self, caller: &Caller) -> io::Result<Acting> {
+        let (groups, caps) = match self.status(caller) {
+            Some(ids) => (ids.groups, ids.caps & self.daemon.caps),
+            None if caller.uid == self.daemon.uid => (self.daemon.groups.clone(), self.daemon.caps),
+            None => (Arc::from([]), 0),
         };
-        self.become_(wanted)?;
-        Ok(Acting { registrant: None })
+        self.become_(Identity {
+            uid: caller.uid,
+            gid: caller.gid,
+            groups,
+            caps,
+        })?;
+        Ok(Acting { lower_to: None })
     }
 
     /// Makes the calling thread the daemon itself, for calls that need its rights.
-    pub fn as_daemon(&self) -> io::Result<Acting<'_>> {
+    pub fn as_daemon(&self) -> io::Result<Acting> {
         self.become_(self.daemon.clone())?;
-        Ok(Acting { registrant: None })
+        Ok(Acting { lower_to: None })
     }
 
     /// Runs `f` with the daemon's rights (e.g. `open_by_handle_at`, which needs
@@ -196,22 +208,23 @@ impl Credentials {
     /// keeps the registering thread's credentials for every write made through that
     /// backing file. CAP_SYS_ADMIN gives such a write no way past permission, the root
     /// reserve, quota or set-id dropping.
-    pub fn act_as_registrant(&self, caller: &Caller) -> io::Result<Acting<'_>> {
-        let acting = self.act_as(caller)?;
-        if caller.uid == self.daemon.uid {
-            return Ok(acting);
+    pub fn act_as_registrant(&self, caller: &Caller) -> io::Result<Acting> {
+        let _acting = self.act_as(caller)?;
+        let caps = CURRENT.with_borrow(|c| c.as_ref().map_or(0, |c| c.caps));
+        let admin = 1 << CAP_SYS_ADMIN;
+        if caps & admin != 0 {
+            return Ok(Acting { lower_to: None });
         }
-        let raised = Acting {
-            registrant: Some(self),
-        };
-        sys::raise_effective_capability(CAP_SYS_ADMIN)?;
-        Ok(raised)
+        sys::set_effective_capabilities(caps | admin)?;
+        Ok(Acting {
+            lower_to: Some(caps),
+        })
     }
 
     /// [`Self::act_as`], with `umask` applied to objects the caller creates (the kernel
     /// passes the mode unmasked so that a default ACL of the parent, if any, replaces the
     /// umask, as natively).
-    pub fn act_as_creator(&self, caller: &Caller, umask: u32) -> io::Result<Acting<'_>> {
+    pub fn act_as_creator(&self, caller: &Caller, umask: u32) -> io::Result<Acting> {
         if !OWN_UMASK.get() {
             sys::unshare_fs_attributes()?;
             OWN_UMASK.set(true);
@@ -222,7 +235,10 @@ impl Credentials {
 
     /// Whether `caller` belongs to group `gid`: its primary group or a supplementary one.
     pub fn in_group(&self, caller: &Caller, gid: u32) -> bool {
-        caller.gid == gid || self.supplementary_groups(caller).contains(&gid)
+        caller.gid == gid
+            || self
+                .status(caller)
+                .is_some_and(|ids| ids.groups.contains(&gid))
     }
 
     /// Gives the calling thread the identity `wanted`, with as few calls as it takes.
@@ -239,11 +255,20 @@ impl Credentials {
         }
         self.switches.fetch_add(1, Ordering::Relaxed);
         CURRENT.set(None);
-        // Changing gid and groups needs the daemon's capabilities, which a thread acting
-        // as another uid does not have; the saved uid always allows going back.
-        if current.as_ref().is_none_or(|c| c.uid != self.daemon.uid) {
-            sys::set_thread_resuid(u32::MAX, self.daemon.uid, u32::MAX)
-                .unwrap_or_else(|e| fatal(e));
+        // Changing groups, gid or capabilities needs the daemon's capabilities, which a
+        // thread acting as someone else may lack; the saved uid always allows going back
+        // (an effective uid of 0 again makes the effective set the permitted one).
+        match &current {
+            Some(c) if c.uid == self.daemon.uid => {
+                if c.caps != self.daemon.caps {
+                    sys::set_effective_capabilities(self.daemon.caps).unwrap_or_else(|e| fatal(e));
+                }
+            }
+            _ => {
+                sys::set_thread_resuid(u32::MAX, self.daemon.uid, u32::MAX)
+                    .unwrap_or_else(|e| fatal(e));
+                sys::set_effective_capabilities(self.daemon.caps).unwrap_or_else(|e| fatal(e));
+            }
         }
         if current.as_ref().is_none_or(|c| c.groups != wanted.groups) {
             sys::set_thread_groups(&wanted.groups)?;
@@ -252,47 +277,53 @@ impl Credentials {
             sys::set_thread_resgid(u32::MAX, wanted.gid, u32::MAX)?;
         }
         if wanted.uid != self.daemon.uid {
+            // The kernel clears the effective capabilities.
             sys::set_thread_resuid(u32::MAX, wanted.uid, u32::MAX)?;
+            if wanted.caps != 0 {
+                sys::set_effective_capabilities(wanted.caps)?;
+            }
+        } else if wanted.caps != self.daemon.caps {
+            sys::set_effective_capabilities(wanted.caps)?;
         }
         CURRENT.set(Some(wanted));
         Ok(())
     }
 
-    /// The caller's supplementary groups, from the cache or `/proc/PID/status`.
-    fn supplementary_groups(&self, caller: &Caller) -> Arc<[libc::gid_t]> {
+    /// The caller's supplementary groups and capabilities, from the cache or
+    /// `/proc/PID/status`.
+    fn status(&self, caller: &Caller) -> Option<StatusIds> {
         if caller.pid == 0 {
-            return Arc::from([]);
+            return None;
         }
         let now = Instant::now();
         if let Some(hit) = self.cache.lock().get(caller)
-            && now.duration_since(hit.read_at) < GROUPS_TTL
+            && now.duration_since(hit.read_at) < STATUS_TTL
         {
-            return hit.groups.clone();
+            return hit.ids.clone();
         }
-        let groups: Arc<[libc::gid_t]> = std::fs::read(format!("/proc/{}/status", caller.pid))
+        let ids = std::fs::read(format!("/proc/{}/status", caller.pid))
             .ok()
-            .and_then(|status| groups_from_status(&status, caller.uid, caller.gid))
-            .unwrap_or_default()
-            .into();
+            .and_then(|status| ids_from_status(&status, caller.uid, caller.gid));
         let mut cache = self.cache.lock();
-        if cache.len() >= GROUPS_CACHE_LIMIT {
+        if cache.len() >= STATUS_CACHE_LIMIT {
             cache.clear();
         }
         cache.insert(
             *caller,
-            CachedGroups {
+            CachedStatus {
                 read_at: now,
-                groups: groups.clone(),
+                ids: ids.clone(),
             },
         );
-        groups
+        ids
     }
 }
 
-/// The supplementary groups in a `/proc/PID/status` text, if its filesystem uid and gid
-/// (the fourth fields of `Uid:` and `Gid:`) are `uid` and `gid`: the process that made a
-/// request may have changed identity, or its pid may have been reused, since.
-pub fn groups_from_status(status: &[u8], uid: u32, gid: u32) -> Option<Vec<libc::gid_t>> {
+/// The supplementary groups and effective capabilities in a `/proc/PID/status` text, if
+/// its filesystem uid and gid (the fourth fields of `Uid:` and `Gid:`) are `uid` and
+/// `gid`: the process that made a request may have changed identity, or its pid may have
+/// been reused, since.
+pub fn ids_from_status(status: &[u8], uid: u32, gid: u32) -> Option<StatusIds> {
     let text = std::str::from_utf8(status).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -303,10 +334,15 @@ pub fn groups_from_status(status: &[u8], uid: u32, gid: u32) -> Option<Vec<libc:
     if fs_id("Uid:")? != uid || fs_id("Gid:")? != gid {
         return None;
     }
-    field("Groups:")?
+    let groups = field("Groups:")?
         .map(|g| g.parse().ok())
-        .collect::<Option<Vec<_>>>()
-        .filter(|groups| groups.len() <= 65_536)
+        .collect::<Option<Vec<libc::gid_t>>>()
+        .filter(|groups| groups.len() <= 65_536)?;
+    let caps = u64::from_str_radix(field("CapEff:")?.next()?, 16).ok()?;
+    Some(StatusIds {
+        groups: groups.into(),
+        caps,
+    })
 }
 
 #[cfg(test)]
@@ -316,31 +352,35 @@ mod tests {
 
     const STATUS: &str = "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nTgid:\t42\n\
         Uid:\t1000\t1000\t1000\t1000\nGid:\t100\t100\t100\t100\nFDSize:\t64\n\
-        Groups:\t4 24 27 100 \nNStgid:\t42\n";
+        Groups:\t4 24 27 100 \nNStgid:\t42\nCapInh:\t0000000000000000\n\
+        CapPrm:\t0000000000000000\nCapEff:\t0000000000200002\n";
+
+    fn groups(status: &str, uid: u32, gid: u32) -> Option<Vec<u32>> {
+        ids_from_status(status.as_bytes(), uid, gid).map(|ids| ids.groups.to_vec())
+    }
 
     #[test]
-    fn groups_are_read_when_the_filesystem_ids_match() {
-        assert_eq!(
-            groups_from_status(STATUS.as_bytes(), 1000, 100),
-            Some(vec![4, 24, 27, 100])
-        );
+    fn groups_and_capabilities_are_read_when_the_filesystem_ids_match() {
+        assert_eq!(groups(STATUS, 1000, 100), Some(vec![4, 24, 27, 100]));
+        let ids = ids_from_status(STATUS.as_bytes(), 1000, 100).unwrap();
+        // CAP_DAC_OVERRIDE (1) and CAP_SYS_ADMIN (21).
+        assert_eq!(ids.caps, (1 << 1) | (1 << 21));
         let none = STATUS.replace("Groups:\t4 24 27 100 ", "Groups:\t");
-        assert_eq!(groups_from_status(none.as_bytes(), 1000, 100), Some(vec![]));
+        assert_eq!(groups(&none, 1000, 100), Some(vec![]));
     }
 
     #[test]
     fn another_identity_or_a_broken_status_gives_no_groups() {
-        assert_eq!(groups_from_status(STATUS.as_bytes(), 1001, 100), None);
-        assert_eq!(groups_from_status(STATUS.as_bytes(), 1000, 0), None);
+        assert_eq!(groups(STATUS, 1001, 100), None);
+        assert_eq!(groups(STATUS, 1000, 0), None);
         let fs_uid_differs = STATUS.replace("1000\t1000\t1000\t1000", "1000\t1000\t1000\t0");
-        assert_eq!(
-            groups_from_status(fs_uid_differs.as_bytes(), 1000, 100),
-            None
-        );
+        assert_eq!(groups(&fs_uid_differs, 1000, 100), None);
         let garbled = STATUS.replace("Groups:\t4 24", "Groups:\t4 x24");
-        assert_eq!(groups_from_status(garbled.as_bytes(), 1000, 100), None);
-        assert_eq!(groups_from_status(b"", 0, 0), None);
-        assert_eq!(groups_from_status(b"Uid:\t0\n", 0, 0), None);
+        assert_eq!(groups(&garbled, 1000, 100), None);
+        let no_caps = STATUS.replace("CapEff:", "CapXXX:");
+        assert_eq!(groups(&no_caps, 1000, 100), None);
+        assert_eq!(groups("", 0, 0), None);
+        assert_eq!(groups("Uid:\t0\n", 0, 0), None);
     }
 
     #[test]
@@ -379,28 +419,74 @@ mod tests {
             let _root = creds.as_daemon().unwrap();
             assert_eq!(sys::effective_ids(), (0, creds.daemon.gid));
             assert_eq!(&sys::thread_groups().unwrap()[..], &creds.daemon.groups[..]);
-            // A registrant keeps CAP_SYS_ADMIN only while it is held.
+            // A registrant keeps CAP_SYS_ADMIN only while it is held, and nothing else.
+            let admin = 1u64 << CAP_SYS_ADMIN;
             {
                 let _registrant = creds.act_as_registrant(&nobody).unwrap();
                 assert_eq!(sys::effective_ids(), (65534, 65534));
+                assert_eq!(sys::thread_capabilities().unwrap().effective, admin);
             }
-            assert_eq!(sys::effective_ids().0, 0);
+            assert_eq!(sys::effective_ids(), (65534, 65534));
+            assert_eq!(sys::thread_capabilities().unwrap().effective, 0);
         })
         .join()
         .unwrap();
     }
 
+    #[test]
+    fn root_without_capabilities_is_acted_as_without_them() {
+        let creds = Credentials::of_daemon().unwrap();
+        let mut capless = std::process::Command::new("setpriv")
+            .args(["--inh-caps=-all", "--bounding-set=-all", "sleep", "10"])
+            .spawn()
+            .unwrap();
+        // Wait until setpriv has exec'd sleep with its capabilities dropped.
+        let status = format!("/proc/{}/status", capless.id());
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&status).unwrap_or_default();
+            if text.contains("CapEff:\t0000000000000000") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let root_without_caps = Caller {
+            uid: 0,
+            gid: 0,
+            pid: capless.id(),
+        };
+        let caps = std::thread::spawn(move || {
+            let _as = creds.act_as(&root_without_caps).unwrap();
+            (
+                sys::effective_ids(),
+                sys::thread_capabilities().unwrap().effective,
+            )
+        })
+        .join()
+        .unwrap();
+        capless.kill().unwrap();
+        capless.wait().unwrap();
+        assert_eq!(caps, ((0, 0), 0));
+    }
+
     proptest! {
         #[test]
         fn any_status_text_parses_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = groups_from_status(&bytes, 0, 0);
+            let _ = ids_from_status(&bytes, 0, 0);
         }
 
         #[test]
-        fn any_group_list_round_trips(groups in proptest::collection::vec(any::<u32>(), 0..64)) {
+        fn any_group_list_and_capability_set_round_trip(
+            groups in proptest::collection::vec(any::<u32>(), 0..64),
+            caps in any::<u64>(),
+        ) {
             let list: Vec<String> = groups.iter().map(u32::to_string).collect();
-            let status = format!("Uid:\t1\t1\t1\t7\nGid:\t2\t2\t2\t9\nGroups:\t{} \n", list.join(" "));
-            prop_assert_eq!(groups_from_status(status.as_bytes(), 7, 9), Some(groups));
+            let status = format!(
+                "Uid:\t1\t1\t1\t7\nGid:\t2\t2\t2\t9\nGroups:\t{} \nCapEff:\t{caps:016x}\n",
+                list.join(" ")
+            );
+            let ids = ids_from_status(status.as_bytes(), 7, 9).unwrap();
+            prop_assert_eq!(ids.groups.to_vec(), groups);
+            prop_assert_eq!(ids.caps, caps);
         }
     }
 }

@@ -94,6 +94,11 @@ impl FsOptions {
         (self.fd_limit / 4).clamp(64, 8192) as usize
     }
 
+    /// Open files one user (other than the daemon's own) may hold through the mount.
+    fn handles_per_user(&self) -> usize {
+        (self.fd_limit / 4).max(256) as usize
+    }
+
     /// Inodes that may hold a descriptor of their own before the daemon asks the kernel
     /// to prune unused ones.
     fn descriptor_budget(&self) -> usize {
@@ -130,6 +135,9 @@ pub struct Fs {
     /// yet: their descriptor still pins the blocks.
     orphans: Mutex<HashSet<NodeId>>,
     orphans_released: Condvar,
+    /// Tells the kernel that its cached attributes of a node are stale (set by the
+    /// transport, which writes the notification).
+    invalidate: std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>,
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
@@ -214,7 +222,7 @@ impl Fs {
             mount_fd,
             root_mnt: root_st.mnt_id,
             local_root_dev,
-            handles: HandleTable::default(),
+            handles: HandleTable::new(sys::effective_ids().0, options.handles_per_user()),
             stats: Stats::default(),
             creds: Credentials::of_daemon()?,
             stale_creates: StaleCreates::default(),
@@ -222,7 +230,24 @@ impl Fs {
             prune_wanted: (Mutex::new(false), Condvar::new()),
             orphans: Mutex::new(HashSet::new()),
             orphans_released: Condvar::new(),
+            invalidate: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Runs `f` with the daemon's own rights; the thread goes on with the identity it had.
+    pub fn with_daemon_rights<T>(&self, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        self.creds.briefly_as_daemon(f)
+    }
+
+    /// Installs how the kernel is told that its cached attributes of a node are stale.
+    pub fn set_attribute_invalidator(&self, invalidate: Box<dyn Fn(NodeId) + Send + Sync>) {
+        let _ = self.invalidate.set(invalidate);
+    }
+
+    fn invalidate_attributes(&self, id: NodeId) {
+        if let Some(invalidate) = self.invalidate.get() {
+            invalidate(id);
+        }
     }
 
     /// Whether inodes on the root's mount are kept as file handles.
@@ -578,23 +603,24 @@ impl Fs {
         };
         may_write?;
         // A writer who is not the owner: what a write of theirs drops natively
-        // (setattr_should_drop_suidgid): set-uid always, set-gid with group execute or
-        // when the writer is outside the file's group.
+        // (setattr_should_drop_suidgid). chown(f, -1, -1) by the daemon drops set-uid,
+        // set-gid with group execute, and file capabilities, computed by the kernel from
+        // the mode as it is (a chmod racing with it is not undone).
         let in_group = |gid| self.creds.in_group(caller, gid);
         let _daemon = self.creds.as_daemon()?;
+        sys::fchown_fd(fd.as_fd(), u32::MAX, u32::MAX)?;
+        // Set-gid without group execute goes too for a writer outside the file's group;
+        // the daemon, in every group, keeps it. This one case reads and rewrites the mode.
         let st = sys::fstat(fd.as_fd())?;
-        let mut mode = st.st_mode & 0o7777;
-        mode &= !libc::S_ISUID;
-        if mode & libc::S_IXGRP != 0 || !in_group(st.st_gid) {
-            mode &= !libc::S_ISGID;
+        let mode = st.st_mode & 0o7777;
+        if inode.kind == libc::S_IFREG
+            && mode & libc::S_ISGID != 0
+            && mode & libc::S_IXGRP == 0
+            && !in_group(st.st_gid)
+        {
+            sys::chmod(&sys::proc_fd_path(fd.as_fd()), mode & !libc::S_ISGID)?;
         }
-        if inode.kind == libc::S_IFREG && mode != st.st_mode & 0o7777 {
-            sys::chmod(&sys::proc_fd_path(fd.as_fd()), mode)?;
-        }
-        match sys::removexattr(&sys::proc_fd_path(fd.as_fd()), c"security.capability") {
-            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => Err(e),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     pub fn readlink(&self, id: NodeId) -> io::Result<Vec<u8>> {
@@ -752,13 +778,22 @@ impl Fs {
     /// Reopens the object of `fd` (an `O_PATH` descriptor) with real access through
     /// `/proc/self/fd`. The magic link leads to that very object (so no `O_NOFOLLOW`,
     /// which would open the link).
+    ///
+    /// `O_APPEND` is left out (see [`STRIPPED_OPEN_FLAGS`]) unless the file is
+    /// append-only (`chattr +a`), which refuses any other open for writing.
     pub(crate) fn reopen(&self, fd: &OwnedFd, flags: libc::c_int) -> io::Result<OwnedFd> {
-        sys::openat(
-            None,
-            &sys::proc_fd_path(fd.as_fd()),
-            flags & !STRIPPED_OPEN_FLAGS,
-            0,
-        )
+        let path = sys::proc_fd_path(fd.as_fd());
+        match sys::openat(None, &path, flags & !STRIPPED_OPEN_FLAGS, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
+                sys::openat(
+                    None,
+                    &path,
+                    (flags & !STRIPPED_OPEN_FLAGS) | libc::O_APPEND,
+                    0,
+                )
+            }
+            other => other,
+        }
     }
 
     /// Opens `id` for the caller: the backing filesystem checks the caller's permission
@@ -769,11 +804,21 @@ impl Fs {
             return Err(errno(libc::ELOOP));
         }
         let path_fd = self.path_fd(&inode)?;
+        let before = (flags & libc::O_TRUNC != 0)
+            .then(|| sys::fstat(path_fd.as_fd()))
+            .transpose()?;
         let fd = {
             let _as = self.creds.act_as(caller)?;
             self.reopen(&path_fd, flags)?
         };
-        Ok(self.handles.insert(inode, fd))
+        // Truncation may have dropped set-id bits, which the kernel, having cached the
+        // mode, would not know.
+        if let Some(before) = before
+            && sys::fstat(fd.as_fd())?.st_mode != before.st_mode
+        {
+            self.invalidate_attributes(inode.id);
+        }
+        self.handles.insert(inode, *caller, fd)
     }
 
     pub fn opendir(&self, id: NodeId, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
@@ -783,7 +828,7 @@ impl Fs {
             let _as = self.creds.act_as(caller)?;
             self.reopen(&path_fd, libc::O_RDONLY | libc::O_DIRECTORY)?
         };
-        Ok(self.handles.insert(inode, fd))
+        self.handles.insert(inode, *caller, fd)
     }
 
     /// Creates `name` as the caller and opens it. The backing create always uses
@@ -843,7 +888,14 @@ impl Fs {
             }
         };
         let entry = self.remember_opened(path_fd)?;
-        let (fh, handle) = self.handles.insert(entry.inode.clone(), fd);
+        let (fh, handle) = match self.handles.insert(entry.inode.clone(), *caller, fd) {
+            Ok(opened) => opened,
+            Err(e) => {
+                // The kernel will never hear of this inode: give its lookup back.
+                self.forget(entry.inode.id, 1);
+                return Err(e);
+            }
+        };
         Ok((entry, fh, handle))
     }
 
@@ -869,10 +921,8 @@ impl Fs {
         Ok((fd, path_fd))
     }
 
-    /// Closes handle `fh`. The last handle of an inode may hold its kernel passthrough
-    /// backing id, whose unregistration needs the daemon's CAP_SYS_ADMIN.
+    /// Closes handle `fh` (its descriptor closes when the last request using it ends).
     pub fn release(&self, fh: u64) -> io::Result<()> {
-        let _daemon = self.creds.as_daemon()?;
         drop(self.handles.remove(fh));
         Ok(())
     }
@@ -886,11 +936,19 @@ impl Fs {
         Ok(buf)
     }
 
-    /// Writes `data` as the caller: the backing filesystem charges the space to the
-    /// caller's reserve and quota and drops set-id bits as for the caller's own write.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: &Caller) -> io::Result<usize> {
+    /// Writes `data` as the writer: the backing filesystem charges the space to its
+    /// reserve and quota and drops set-id bits as for its own write. A write-back of
+    /// dirty pages (`writer` None) comes from a kernel thread with no credentials of the
+    /// writer's: it is made as whoever opened the handle.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        writer: Option<&Caller>,
+    ) -> io::Result<usize> {
         let handle = self.handles.get(fh)?;
-        let _as = self.creds.act_as(caller)?;
+        let _as = self.creds.act_as(writer.unwrap_or(&handle.opener))?;
         let n = self.allocating(|| sys::pwrite(handle.fd(), data, offset))?;
         self.stats.count(&self.stats.write_bytes, n as u64);
         Ok(n)
@@ -1105,7 +1163,7 @@ mod tests {
             .create(ROOT_ID, os("f"), 0o640, 0, libc::O_RDWR | libc::O_EXCL, ME)
             .unwrap();
         assert_eq!(entry.st.st_mode & 0o777, 0o640);
-        assert_eq!(fs.write(fh, 0, b"hello", ME).unwrap(), 5);
+        assert_eq!(fs.write(fh, 0, b"hello", Some(ME)).unwrap(), 5);
         assert_eq!(fs.read(fh, 1, 10).unwrap(), b"ello");
         fs.release(fh).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");

@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::creds::Caller;
 use crate::inode::{Inode, NodeId};
 use crate::passthrough::BackingFile;
 
@@ -71,6 +72,8 @@ impl InodeOpenState {
 #[derive(Debug)]
 pub struct Handle {
     pub inode: Arc<Inode>,
+    /// Who opened it: whose writes the kernel's write-back of dirty pages makes.
+    pub opener: Caller,
     /// State shared by every open handle of the inode.
     pub open_state: Arc<InodeOpenState>,
     file: OwnedFd,
@@ -82,9 +85,15 @@ pub struct Handle {
 }
 
 impl Handle {
-    fn new(inode: Arc<Inode>, open_state: Arc<InodeOpenState>, file: OwnedFd) -> Self {
+    fn new(
+        inode: Arc<Inode>,
+        opener: Caller,
+        open_state: Arc<InodeOpenState>,
+        file: OwnedFd,
+    ) -> Self {
         Handle {
             inode,
+            opener,
             open_state,
             file,
             dir_position: Mutex::new(()),
@@ -107,10 +116,15 @@ impl Handle {
 }
 
 /// The table of open handles. Handle numbers are never reused while the mount lives.
-#[derive(Default)]
+///
+/// Every open handle holds a descriptor of the daemon's, and all users share the
+/// daemon's descriptor limit: a user other than the daemon's own may hold at most
+/// `per_user` handles, so that no one user can exhaust it for everyone else.
 pub struct HandleTable {
     next: AtomicU64,
     open: Mutex<Open>,
+    daemon_uid: u32,
+    per_user: usize,
 }
 
 #[derive(Default)]
@@ -118,13 +132,43 @@ struct Open {
     handles: HashMap<u64, Arc<Handle>>,
     /// Per-inode state of inodes with open handles (only those: known inodes need none).
     states: HashMap<NodeId, Weak<InodeOpenState>>,
+    /// Open handles by opener's uid (other than the daemon's).
+    by_user: HashMap<u32, usize>,
 }
 
 impl HandleTable {
-    /// Registers an open `file` of `inode`; returns its handle number and the handle.
-    pub fn insert(&self, inode: Arc<Inode>, file: OwnedFd) -> (u64, Arc<Handle>) {
-        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+    pub fn new(daemon_uid: u32, per_user: usize) -> Self {
+        HandleTable {
+            next: AtomicU64::new(0),
+            open: Mutex::new(Open::default()),
+            daemon_uid,
+            per_user,
+        }
+    }
+
+    /// Registers an open `file` of `inode` by `opener`; returns its handle number and the
+    /// handle. ENFILE when the opener holds as many handles as one user may.
+    pub fn insert(
+        &self,
+        inode: Arc<Inode>,
+        opener: Caller,
+        file: OwnedFd,
+    ) -> std::io::Result<(u64, Arc<Handle>)> {
         let mut open = self.open.lock();
+        if opener.uid != self.daemon_uid {
+            let held = open.by_user.entry(opener.uid).or_default();
+            if *held >= self.per_user {
+                drop(open);
+                log::warn!(
+                    "uid {} holds {} open files through the mount; refusing more",
+                    opener.uid,
+                    self.per_user
+                );
+                return Err(std::io::Error::from_raw_os_error(libc::ENFILE));
+            }
+            *held += 1;
+        }
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let state = match open.states.get(&inode.id).and_then(Weak::upgrade) {
             Some(state) => state,
             None => {
@@ -133,9 +177,9 @@ impl HandleTable {
                 state
             }
         };
-        let handle = Arc::new(Handle::new(inode, state, file));
+        let handle = Arc::new(Handle::new(inode, opener, state, file));
         open.handles.insert(fh, handle.clone());
-        (fh, handle)
+        Ok((fh, handle))
     }
 
     /// The handle for `fh`, or `EBADF`.
@@ -152,6 +196,12 @@ impl HandleTable {
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         let mut open = self.open.lock();
         let handle = open.handles.remove(&fh)?;
+        if let Some(held) = open.by_user.get_mut(&handle.opener.uid) {
+            *held -= 1;
+            if *held == 0 {
+                open.by_user.remove(&handle.opener.uid);
+            }
+        }
         // The last handle object of its inode: the state goes with it.
         if Arc::strong_count(&handle.open_state) == 1 {
             open.states.remove(&handle.inode.id);

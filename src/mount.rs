@@ -185,11 +185,16 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
             .try_clone()
             .map_err(|e| Error(format!("cannot duplicate /dev/fuse for {what}: {e}")))
     };
-    let passthrough = Arc::new(KernelPassthrough::new(
-        dup("passthrough")?,
-        negotiated.passthrough,
-    ));
+    let passthrough = Arc::new(
+        KernelPassthrough::new(dup("passthrough")?, negotiated.passthrough)
+            .map_err(|e| Error(format!("cannot start the passthrough thread: {e}")))?,
+    );
     passthrough.probe(fs.inodes.root_fd());
+    let notifications = dup("notifications")?;
+    fs.set_attribute_invalidator(Box::new(move |node| {
+        // ENOENT: the kernel does not hold the node (any more); nothing is stale.
+        let _ = sys::writev(notifications.as_fd(), &[&wire::inval_attributes(node)]);
+    }));
     if !fs.uses_file_handles() {
         spawn_pruner(fs.clone(), dup("notifications")?)?;
     }
@@ -216,7 +221,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     on_ready();
     let result = devfuse::serve(
         dispatcher,
-        session.as_fd(),
+        &session,
         config.options.threads,
         transport::request_buffer(negotiated.max_write),
         negotiated.setxattr_ext,

@@ -5,9 +5,11 @@
 //! the thread that registered it for every write made through it; [`Passthrough::open`]
 //! decides from that how each open uses it (see there).
 
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
 use crate::creds::Caller;
 use crate::fs::Fs;
@@ -21,21 +23,25 @@ pub struct Passthrough {
     /// Cleared when the kernel refuses (no CAP_SYS_ADMIN in the initial namespace), so
     /// later opens stop trying.
     enabled: AtomicBool,
+    /// Backing ids to unregister, for the closer thread.
+    closer: mpsc::Sender<u32>,
 }
 
-/// A registered backing file; unregistered when the last handle using it drops it. That
-/// needs CAP_SYS_ADMIN: handles are released with the daemon's identity.
+/// A registered backing file; unregistered when the last handle using it drops it.
+///
+/// Unregistering needs CAP_SYS_ADMIN, and the last handle may be dropped by any thread,
+/// acting as any caller (a request still in flight when the file was released), so it is
+/// done by a thread of its own that always has the daemon's rights.
 #[derive(Debug)]
 pub struct BackingFile {
     id: u32,
-    dev: Arc<OwnedFd>,
+    closer: mpsc::Sender<u32>,
 }
 
 impl Drop for BackingFile {
     fn drop(&mut self) {
-        if let Err(e) = sys::fuse_backing_close(self.dev.as_fd(), self.id) {
-            log::error!("cannot unregister backing file {}: {e}", self.id);
-        }
+        // Fails only once the connection is shut down (the closer has ended).
+        let _ = self.closer.send(self.id);
     }
 }
 
@@ -54,11 +60,26 @@ impl PassthroughOpen {
 
 impl Passthrough {
     /// Passthrough over the connection of `dev`, on if `wanted` (and the kernel agrees).
-    pub fn new(dev: OwnedFd, wanted: bool) -> Self {
-        Passthrough {
-            dev: Arc::new(dev),
+    /// Starts the thread that unregisters backing files; call it from a thread with the
+    /// daemon's own identity (it inherits it).
+    pub fn new(dev: OwnedFd, wanted: bool) -> io::Result<Self> {
+        let dev = Arc::new(dev);
+        let (closer, closing) = mpsc::channel::<u32>();
+        let closer_dev = dev.clone();
+        std::thread::Builder::new()
+            .name("fastfs-backing".into())
+            .spawn(move || {
+                for id in closing {
+                    if let Err(e) = sys::fuse_backing_close(closer_dev.as_fd(), id) {
+                        log::error!("cannot unregister backing file {id}: {e}");
+                    }
+                }
+            })?;
+        Ok(Passthrough {
+            dev,
             enabled: AtomicBool::new(wanted),
-        }
+            closer,
+        })
     }
 
     pub fn enabled(&self) -> bool {
@@ -116,10 +137,8 @@ impl Passthrough {
                     let id = sys::fuse_backing_open(self.dev.as_fd(), handle.fd())?;
                     let fresh = BackingFile {
                         id,
-                        dev: self.dev.clone(),
+                        closer: self.closer.clone(),
                     };
-                    // A spare (another thread registered first) is closed here, still
-                    // with CAP_SYS_ADMIN.
                     Ok(state.install_backing(fresh, (caller.uid, caller.gid)))
                 });
                 match registered {

@@ -612,35 +612,66 @@ pub fn access_as_effective(fd: BorrowedFd<'_>, mask: libc::c_int) -> io::Result<
         .map(drop)
 }
 
-/// Raises capability `cap` (e.g. `CAP_SYS_ADMIN`) into the calling thread's effective set,
-/// from its permitted set (`capset(2)` acts on the calling thread only). After a switch
-/// of the effective uid away from 0 the effective set is empty while the permitted set,
-/// kept by the saved uid 0, still holds every capability.
-pub fn raise_effective_capability(cap: u32) -> io::Result<()> {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
+/// A thread's capability sets, as `capget(2)` reports them (bit `n` = capability `n`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// Safe wrapper for `capget(2)` of the calling thread.
+pub fn thread_capabilities() -> io::Result<Capabilities> {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
         pid: 0,
     };
-    let mut data = [Data::default(); 2];
+    let mut data = [CapData::default(); 2];
     // SAFETY: `header` and the two-element `data` are what capget expects for version 3.
     let ret = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
     check(ret as libc::c_int)?;
-    let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
-    data[word].effective |= bit;
-    // SAFETY: as above; capset only reads the structures.
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok(Capabilities {
+        effective: join(data[0].effective, data[1].effective),
+        permitted: join(data[0].permitted, data[1].permitted),
+        inheritable: join(data[0].inheritable, data[1].inheritable),
+    })
+}
+
+/// Sets the calling thread's effective capabilities to `effective` (which must be within
+/// its permitted set; `capset(2)` acts on the calling thread only). After a switch of
+/// the effective uid away from 0 the effective set is empty while the permitted set,
+/// kept by the saved uid 0, still holds every capability the daemon has.
+pub fn set_effective_capabilities(effective: u64) -> io::Result<()> {
+    let now = thread_capabilities()?;
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let word = |v: u64, i: usize| (v >> (32 * i)) as u32;
+    let data: [CapData; 2] = std::array::from_fn(|i| CapData {
+        effective: word(effective, i),
+        permitted: word(now.permitted, i),
+        inheritable: word(now.inheritable, i),
+    });
+    // SAFETY: `header` and the two-element `data` are what capset expects for version 3;
+    // capset only reads them.
     let ret = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     check(ret as libc::c_int).map(drop)
 }

@@ -89,12 +89,20 @@ impl Fs {
         sys::setxattr(&path, &sys::cstr(name)?, value, flags)
     }
 
+    /// Removes attribute `name` as the caller, except `security.capability`: the kernel
+    /// removes it itself, with no right needed, when a file with capabilities is written
+    /// (its killpriv step becomes this request), and a caller's own removal has already
+    /// been checked by the kernel (CAP_SETFCAP), so the daemon removes it.
     pub fn removexattr(&self, id: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         if is_stats_xattr(id, name) {
             return Err(errno(libc::EPERM));
         }
         let fd = self.path_fd_of(id)?;
-        let _as = self.creds.act_as(caller)?;
+        let _as = if name.as_bytes() == b"security.capability" {
+            self.creds.as_daemon()?
+        } else {
+            self.creds.act_as(caller)?
+        };
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
         sys::removexattr(&path, &sys::cstr(name)?)
     }

@@ -115,11 +115,40 @@ impl Mounted {
         Self::start(dir, mnt.to_path_buf(), backing.to_path_buf(), options)
     }
 
+    /// A fastfs over a new backing directory, started as `fastfs` under `prefix` (e.g.
+    /// `prlimit --nofile=2048:2048`).
+    pub fn under(prefix: &[&str], options: &[&str]) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
+        let backing = dir.path().join("backing");
+        fs::create_dir(&backing).unwrap();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Self::start_under(prefix, dir, mnt, backing, options)
+    }
+
     fn start(dir: TempDir, mnt: PathBuf, backing: PathBuf, options: &[&str]) -> Self {
+        Self::start_under(&[], dir, mnt, backing, options)
+    }
+
+    fn start_under(
+        prefix: &[&str],
+        dir: TempDir,
+        mnt: PathBuf,
+        backing: PathBuf,
+        options: &[&str],
+    ) -> Self {
         let log = dir.path().join("fastfs.log");
         let mut opts = vec![format!("passthrough={}", passthrough_mode())];
         opts.extend(options.iter().map(|s| s.to_string()));
-        let child = Command::new(FASTFS)
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(FASTFS);
+                c
+            }
+            None => Command::new(FASTFS),
+        };
+        let child = command
             .arg("-f")
             .arg("-v")
             .arg("-o")

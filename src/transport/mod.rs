@@ -36,6 +36,9 @@ pub struct Negotiated {
     pub max_write: u32,
 }
 
+/// The longest the kernel trusts a directory's attributes (see [`Dispatcher::attr_ttl`]).
+const DIRECTORY_ATTR_TTL: Duration = Duration::from_secs(1);
+
 /// The most a request may carry: `/proc/sys/fs/fuse/max_pages_limit` (256 pages).
 pub const MAX_WRITE: u32 = 1 << 20;
 
@@ -181,16 +184,28 @@ impl Dispatcher {
             nodeid: entry.inode.id,
             generation: 0,
             entry_valid: self.cache.ttl(),
-            attr_valid: self.cache.ttl(),
+            attr_valid: self.attr_ttl(entry),
             attr: attr(entry),
         }
     }
 
     fn attr_reply(&self, result: io::Result<Entry>) -> Reply {
         reply_of(result, |e| Reply::Attr {
-            valid: self.cache.ttl(),
+            valid: self.attr_ttl(&e),
             attr: attr(&e),
         })
+    }
+
+    /// How long the kernel may trust these attributes. A directory's are re-checked
+    /// after at most a second in every cache mode: the kernel checks search permission on
+    /// every directory of a path against them, and only the last one reaches the daemon,
+    /// so a `chmod 700` made directly in BACKING must not wait a day to take effect.
+    fn attr_ttl(&self, entry: &Entry) -> Duration {
+        if entry.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            self.cache.ttl().min(DIRECTORY_ATTR_TTL)
+        } else {
+            self.cache.ttl()
+        }
     }
 
     fn entry(&self, result: io::Result<Entry>) -> Reply {
@@ -314,10 +329,16 @@ impl Dispatcher {
             },
             Op::Read { fh, offset, size } => reply_of(fs.read(*fh, *offset, *size), Reply::Data),
             Op::Write {
-                fh, offset, data, ..
-            } => reply_of(fs.write(*fh, *offset, data, &caller), |n| {
-                Reply::Written(n as u32)
-            }),
+                fh,
+                offset,
+                data,
+                write_flags,
+            } => {
+                let writer = (write_flags & wire::WRITE_CACHE == 0).then_some(&caller);
+                reply_of(fs.write(*fh, *offset, data, writer), |n| {
+                    Reply::Written(n as u32)
+                })
+            }
             Op::Statfs => reply_of(fs.statfs(node), |s| {
                 Reply::Statfs(StatfsOut {
                     blocks: s.f_blocks,

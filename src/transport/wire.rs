@@ -93,6 +93,9 @@ const FSYNC_FDATASYNC: u32 = 1;
 pub const RELEASE_FLOCK_UNLOCK: u32 = 1 << 1;
 /// `fuse_lk_in.lk_flags`: a BSD `flock` lock, not a POSIX record lock.
 pub const LK_FLOCK: u32 = 1 << 0;
+/// `fuse_write_in.write_flags`: a write-back of dirty pages from the page cache (sent by
+/// a kernel thread, the handle guessed).
+pub const WRITE_CACHE: u32 = 1 << 0;
 /// `fuse_write_in.write_flags`: the kernel asks to drop set-id bits.
 pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// `fuse_open_in.open_flags` / `fuse_create_in.open_flags`: drop set-id bits (O_TRUNC).
@@ -102,6 +105,7 @@ const EXT_GROUPS: u32 = 32;
 /// `fuse_notify_inval_entry_out.flags`: only mark the entry stale.
 pub const EXPIRE_ONLY: u32 = 1 << 0;
 /// Notification codes (the `error` field of a notification's out header).
+pub const NOTIFY_INVAL_INODE: i32 = 2;
 pub const NOTIFY_INVAL_ENTRY: i32 = 3;
 pub const NOTIFY_PRUNE: i32 = 9;
 
@@ -954,6 +958,15 @@ pub fn encode_notification(code: i32, body: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&0u64.to_ne_bytes());
     out.extend_from_slice(body);
     out
+}
+
+/// `FUSE_NOTIFY_INVAL_INODE` of `node`'s attributes only (offset -1: no page is dropped).
+pub fn inval_attributes(node: u64) -> Vec<u8> {
+    let mut body = Vec::with_capacity(24);
+    body.extend_from_slice(&node.to_ne_bytes());
+    body.extend_from_slice(&(-1i64).to_ne_bytes());
+    body.extend_from_slice(&0i64.to_ne_bytes());
+    encode_notification(NOTIFY_INVAL_INODE, &body)
 }
 
 /// `FUSE_NOTIFY_INVAL_ENTRY` for `name` in `parent`; with `expire_only` the kernel only
