@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::common::*;
 
@@ -92,14 +92,6 @@ fn container_sandbox_uses_the_mount_with_offloaded_copies() {
     let st = fs::metadata(m.b("shared/by-nobody")).unwrap();
     assert_eq!((st.uid(), st.gid()), (65534, 65534));
     assert!(!m.b("denied").exists());
-}
-
-/// A /dev/fuse node nobody may open, for a user namespace to bind over its /dev/fuse
-/// (this machine's /dev/fuse is 0600; distributions ship it 0666).
-fn user_fuse_node(dir: &Path) -> PathBuf {
-    let node = dir.join("fuse");
-    sh(&format!("mknod -m 0666 {} c 10 229", node.display()));
-    node
 }
 
 #[test]

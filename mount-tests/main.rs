@@ -9,6 +9,7 @@ mod caller;
 mod cli;
 mod copy;
 mod deploy;
+mod inodes;
 mod load;
 mod ops;
 mod rsync;

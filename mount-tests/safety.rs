@@ -304,60 +304,6 @@ fn kill_9_mid_copy_keeps_the_source_and_synced_data_and_remount_works() {
     drop(tmpfs);
 }
 
-#[allow(dead_code)]
-fn open_file_limit(pid: u32) -> usize {
-    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    line.split_whitespace().nth(3).unwrap().parse().unwrap()
-}
-
-fn fd_count(pid: u32) -> usize {
-    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
-}
-
-#[test]
-fn a_walk_of_100k_files_costs_no_descriptor_per_inode() {
-    // Another test dropping caches during the walk would empty the kernel's inodes early.
-    let _caches = page_cache_lock();
-    let m = Mounted::new();
-    let files = 100_000;
-    sh(&format!(
-        "cd {} && for d in $(seq 100); do mkdir d$d; (cd d$d && seq -f f%g 1000 | xargs touch); done",
-        m.backing.display()
-    ));
-    let start = fd_count(m.pid());
-    // %s: find stats every file, so the kernel looks each one up and keeps it.
-    let walked = sh(&format!(
-        "find {} -type f -printf '%s\\n' | wc -l",
-        m.mnt.display()
-    ));
-    assert_eq!(walked.trim(), files.to_string());
-    let stats = m.stats();
-    // The kernel knows every file, and the daemon holds them as file handles: the
-    // descriptors it has open are its bounded cache, not one per inode.
-    assert_eq!(stats["identity.file_handles"], 1, "{stats:?}");
-    assert!(stats["inodes"] > files, "{stats:?}");
-    let during = fd_count(m.pid());
-    assert!(
-        during <= start + stats["fd_cache.entries"] as usize + 16,
-        "descriptors: start {start}, after the walk {during}; {stats:?}"
-    );
-    sh("sync; echo 2 > /proc/sys/vm/drop_caches"); // under the lock taken above
-    // FORGETs arrive asynchronously; wait for them to be processed.
-    let mut inodes = m.stats()["inodes"];
-    for _ in 0..100 {
-        if inodes < 100 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        inodes = m.stats()["inodes"];
-    }
-    assert!(inodes < 100, "{:?}", m.stats());
-}
-
 const PYTHON: &str = "/usr/bin/python3";
 
 /// Starts `script` (Python) as nobody with piped stdin and stdout.

@@ -352,24 +352,29 @@ impl Fs {
         wake.notify_one();
     }
 
-    /// Blocks until inodes hold more descriptors than the budget allows, then returns the
-    /// least recently used of them (files first): node ids to ask the kernel to prune.
-    /// Used only where inodes are kept by descriptor.
-    pub fn wait_for_pruning(&self) -> Vec<NodeId> {
+    /// Upkeep, run by a thread of its own: waits up to `period` for inodes to hold more
+    /// descriptors than the budget allows, and returns the least recently used of them
+    /// (files first), node ids to ask the kernel to prune (none where inodes are kept as
+    /// handles). Each time, also drops cached descriptors of files deleted directly in
+    /// BACKING, so that they do not keep their blocks.
+    pub fn upkeep(&self, period: Duration) -> Vec<NodeId> {
         let (wanted, wake) = &self.prune_wanted;
-        let mut flag = wanted.lock();
-        loop {
-            let held = self.inodes.descriptor_pressure();
-            let high = self.descriptor_budget - self.descriptor_budget / 8;
-            if *flag || held > high {
-                *flag = false;
-                let target = self.descriptor_budget / 2;
-                if held > target {
-                    drop(flag);
-                    return self.inodes.least_recent_descriptors(held - target);
-                }
+        {
+            let mut flag = wanted.lock();
+            if !*flag && self.inodes.descriptor_pressure() <= self.descriptor_budget {
+                wake.wait_for(&mut flag, period);
             }
-            wake.wait_for(&mut flag, Duration::from_secs(1));
+            *flag = false;
+        }
+        self.fds
+            .drop_unlinked(|fd| sys::fstat(fd.as_fd()).is_ok_and(|st| st.st_nlink == 0));
+        let held = self.inodes.descriptor_pressure();
+        let high = self.descriptor_budget - self.descriptor_budget / 8;
+        if held > high {
+            self.inodes
+                .least_recent_descriptors(held - self.descriptor_budget / 2)
+        } else {
+            Vec::new()
         }
     }
 

@@ -592,6 +592,26 @@ impl FdCache {
         }
     }
 
+    /// Drops cached descriptors of objects that have no name left (deleted directly in
+    /// BACKING, where the daemon does not see it happen): the cache must not keep their
+    /// blocks. `unlinked` is asked about each cached descriptor, outside the lock.
+    pub fn drop_unlinked(&self, unlinked: impl Fn(&OwnedFd) -> bool) -> usize {
+        let cached: Vec<(NodeId, Arc<OwnedFd>)> = {
+            let c = self.inner.lock();
+            c.slots.iter().map(|s| (s.id, s.fd.clone())).collect()
+        };
+        let gone: Vec<NodeId> = cached
+            .iter()
+            .filter(|(_, fd)| unlinked(fd))
+            .map(|(id, _)| *id)
+            .collect();
+        drop(cached);
+        for id in &gone {
+            self.remove(*id);
+        }
+        gone.len()
+    }
+
     /// `(hits, misses, cached)`.
     pub fn counters(&self) -> (u64, u64, usize) {
         let c = self.inner.lock();

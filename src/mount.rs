@@ -195,9 +195,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         // ENOENT: the kernel does not hold the node (any more); nothing is stale.
         let _ = sys::writev(notifications.as_fd(), &[&wire::inval_attributes(node)]);
     }));
-    if !fs.uses_file_handles() {
-        spawn_pruner(fs.clone(), dup("notifications")?)?;
-    }
+    spawn_upkeep(fs.clone(), dup("notifications")?)?;
     if config.options.passthrough == Passthrough::On && !passthrough.enabled() {
         return Err(Error(
             "passthrough=on, but the kernel refuses FUSE passthrough here \
@@ -293,17 +291,23 @@ fn mount_present(id: u64) -> bool {
     mounts().iter().any(|(other, _)| *other == id)
 }
 
-/// Where inodes hold descriptors (no file handles), keeps them within their budget: asks
-/// the kernel to prune the least recently used (FUSE_NOTIFY_PRUNE drops only dentries
-/// nothing uses: no open file, working directory or mount is ever affected), and the
-/// kernel answers with FORGET. Runs on its own thread: a notification may wait for locks
-/// a request being served holds.
-fn spawn_pruner(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
+/// How often upkeep runs when nothing asks for it.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(2);
+
+/// Upkeep ([`Fs::upkeep`]) on a thread of its own. Where inodes hold descriptors (no file
+/// handles), it keeps them within their budget: asks the kernel to prune the least
+/// recently used (FUSE_NOTIFY_PRUNE drops only dentries nothing uses: no open file,
+/// working directory or mount is ever affected), and the kernel answers with FORGET. A
+/// notification may wait for locks a request being served holds, hence the own thread.
+fn spawn_upkeep(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
     std::thread::Builder::new()
-        .name("fastfs-pruner".into())
+        .name("fastfs-upkeep".into())
         .spawn(move || {
             loop {
-                let nodes = fs.wait_for_pruning();
+                let nodes = fs.upkeep(UPKEEP_PERIOD);
+                if nodes.is_empty() {
+                    continue;
+                }
                 log::debug!("asking the kernel to prune {} inodes", nodes.len());
                 for batch in nodes.chunks(256) {
                     if let Err(e) = sys::writev(dev.as_fd(), &[&wire::prune(batch)]) {
@@ -318,7 +322,7 @@ fn spawn_pruner(fs: Arc<Fs>, dev: OwnedFd) -> Result<(), Error> {
             }
         })
         .map(drop)
-        .map_err(|e| Error(format!("cannot start the pruner thread: {e}")))
+        .map_err(|e| Error(format!("cannot start the upkeep thread: {e}")))
 }
 
 fn spawn_signal_thread(target: CString) -> Result<(), Error> {

@@ -126,6 +126,14 @@ impl Mounted {
         Self::start_under(prefix, dir, mnt, backing, options)
     }
 
+    /// [`Mounted::over`], with `fastfs` started under `prefix`.
+    pub fn over_under(prefix: &[&str], backing: &Path, options: &[&str]) -> Self {
+        let dir = tempfile::tempdir_in(test_root()).expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        Self::start_under(prefix, dir, mnt, backing.to_path_buf(), options)
+    }
+
     fn start(dir: TempDir, mnt: PathBuf, backing: PathBuf, options: &[&str]) -> Self {
         Self::start_under(&[], dir, mnt, backing, options)
     }
@@ -491,4 +499,12 @@ pub fn nobody_denied(script: &str, message: &str) {
         stderr.contains(message),
         "{script}: expected '{message}' in: {stderr}"
     );
+}
+
+/// A /dev/fuse node nobody may open, for a user namespace to bind over its /dev/fuse
+/// (this machine's /dev/fuse is 0600; distributions ship it 0666).
+pub fn user_fuse_node(dir: &Path) -> PathBuf {
+    let node = dir.join("fuse");
+    sh(&format!("mknod -m 0666 {} c 10 229", node.display()));
+    node
 }
