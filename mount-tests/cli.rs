@@ -196,6 +196,11 @@ fn read_only_mount_refuses_writes_with_erofs() {
 fn bench_quick_mode_prints_a_full_table() {
     // The bench drops caches between steps.
     let _caches = page_cache_lock();
+    // It mounts a fastfs over io_uring when fuse.enable_uring is on (the io_uring pass):
+    // no test may change that meanwhile.
+    let _settings = kernel_settings_unchanged();
+    let ring = fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y");
     let dir = tempfile::tempdir_in(test_root()).unwrap();
     let out = dir.path().join("bench.md");
     let run = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench"))
@@ -206,6 +211,7 @@ fn bench_quick_mode_prints_a_full_table() {
             &format!("passthrough={}", passthrough_mode()),
         ])
         .env("FASTFS_BIN", FASTFS)
+        .env("FASTFS_BENCH_KEEP_URING", "1")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -239,7 +245,9 @@ fn bench_quick_mode_prints_a_full_table() {
             .find(|r| r.contains(workload))
             .unwrap_or_else(|| panic!("no row for {workload}:\n{table}"));
         let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).collect();
-        assert_eq!(cells.len(), 8, "{row}");
+        // The workload, then seconds and ratios of each system.
+        let systems = if ring { 5 } else { 4 };
+        assert_eq!(cells.len(), 1 + systems + (systems - 1), "{row}");
         for cell in &cells[1..] {
             let v: f64 = cell
                 .parse()
@@ -251,6 +259,12 @@ fn bench_quick_mode_prints_a_full_table() {
         table.contains("Daemon RSS after walking 2000 files: fastfs "),
         "{table}"
     );
+    let round_trip = table
+        .lines()
+        .find(|l| l.starts_with("Round trip"))
+        .unwrap_or_else(|| panic!("no round trip line:\n{table}"));
+    assert!(round_trip.contains(" fastfs ") && round_trip.contains(" bindfs "));
+    assert_eq!(round_trip.contains(" fastfs-ring "), ring, "{round_trip}");
     assert!(table.contains("- create 1000 files: "), "{table}");
     let leftovers = sh("findmnt -rn -o TARGET | grep -c fastfs-bench || true");
     assert_eq!(leftovers.trim(), "0", "bench left mounts behind");

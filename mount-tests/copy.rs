@@ -130,15 +130,7 @@ fn a_long_copy_does_not_stall_other_requests() {
         .arg(m.m("tmp/big"))
         .spawn()
         .unwrap();
-    let mut served_during_copy = 0;
-    while cp.try_wait().unwrap().is_none() {
-        fs::read_dir(m.m("dir")).unwrap().for_each(drop);
-        fs::symlink_metadata(m.m("dir")).unwrap();
-        if cp.try_wait().unwrap().is_none() {
-            served_during_copy += 1;
-        }
-    }
-    assert!(cp.wait().unwrap().success());
+    let served_during_copy = served_while_running(&mut cp, &m.m("dir"));
     assert!(served_during_copy > 0, "no ls/stat completed while cp ran");
     let stats = m.stats();
     assert!(

@@ -1,6 +1,7 @@
 //! Tests that mount a real fastfs over a real backing directory and drive it with real
 //! tools. They need root and /dev/fuse; where they cannot mount they fail and say why.
-//! `FASTFS_TEST_PASSTHROUGH=on|off|auto` chooses the kernel passthrough mode.
+//! `FASTFS_TEST_PASSTHROUGH=on|off|auto` chooses the kernel passthrough mode and
+//! `FASTFS_TEST_URING=on|off|auto` the transport (on needs `fuse.enable_uring`).
 
 mod common;
 
@@ -14,3 +15,4 @@ mod load;
 mod ops;
 mod rsync;
 mod safety;
+mod uring;

@@ -34,6 +34,17 @@ pub enum Passthrough {
     Off,
 }
 
+/// Whether requests come over io_uring (FUSE_OVER_IO_URING) rather than `/dev/fuse`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uring {
+    /// Use io_uring when the kernel offers it and the rings can be set up.
+    Auto,
+    /// Refuse to mount without io_uring.
+    On,
+    /// Always `/dev/fuse`.
+    Off,
+}
+
 /// How long the kernel may trust what it learnt about names, attributes and file data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cache {
@@ -72,6 +83,7 @@ pub struct MountOptions {
     pub allow_other: bool,
     pub threads: usize,
     pub passthrough: Passthrough,
+    pub uring: Uring,
     pub cache: Cache,
     /// Kernel mount flags beyond the defaults (`nosuid`, `nodev` are always set unless
     /// `suid`/`dev` is given).
@@ -91,6 +103,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: 4,
             passthrough: Passthrough::Auto,
+            uring: Uring::Auto,
             cache: Cache::Always,
             suid: false,
             dev: false,
@@ -140,6 +153,7 @@ impl MountOptions {
                     }
                 }
                 ("passthrough", Some(v)) => o.passthrough = parse_passthrough(v)?,
+                ("uring", Some(v)) => o.uring = parse_uring(v)?,
                 ("file_handles", Some(v)) => {
                     o.file_handles = match v {
                         "auto" => true,
@@ -176,7 +190,7 @@ impl MountOptions {
                     | "noacl",
                     Some(_),
                 ) => bail!("option '{key}' takes no value"),
-                ("threads" | "passthrough" | "cache" | "file_handles", None) => {
+                ("threads" | "passthrough" | "uring" | "cache" | "file_handles", None) => {
                     bail!("option '{key}' needs a value ({key}=...)")
                 }
                 _ => bail!("unknown mount option '{opt}'"),
@@ -192,6 +206,15 @@ pub fn parse_passthrough(v: &str) -> Result<Passthrough, Error> {
         "on" => Ok(Passthrough::On),
         "off" => Ok(Passthrough::Off),
         _ => bail!("invalid value '{v}' for passthrough: expected auto, on or off"),
+    }
+}
+
+pub fn parse_uring(v: &str) -> Result<Uring, Error> {
+    match v {
+        "auto" => Ok(Uring::Auto),
+        "on" => Ok(Uring::On),
+        "off" => Ok(Uring::Off),
+        _ => bail!("invalid value '{v}' for uring: expected auto, on or off"),
     }
 }
 
@@ -220,14 +243,19 @@ fn existing_dir(what: &str, path: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Whether `path` is the mountpoint of a FUSE filesystem whose daemon died
-/// ("Transport endpoint is not connected"). statfs always asks the daemon; stat may be
+/// ("Transport endpoint is not connected", or "Software caused connection abort"). statfs always asks the daemon; stat may be
 /// answered from the kernel's attribute cache even after the daemon is gone.
 pub fn is_stale_fuse_mount(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
-    matches!(crate::sys::statfs(&c), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    // ECONNABORTED: an aborted connection, or one whose io_uring queues are being torn
+    // down as the daemon dies.
+    matches!(
+        crate::sys::statfs(&c),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    )
 }
 
 /// The mountpoint, canonical. A mountpoint left behind by a killed FUSE daemon cannot be
@@ -289,6 +317,12 @@ mod tests {
         );
         assert_eq!(o.threads, 8);
         assert_eq!(o.cache, Cache::Never);
+        assert_eq!(o.uring, Uring::Auto);
+        assert_eq!(MountOptions::parse(&["uring=on"]).unwrap().uring, Uring::On);
+        assert_eq!(
+            MountOptions::parse(&["uring=off"]).unwrap().uring,
+            Uring::Off
+        );
         assert_eq!(
             MountOptions::parse(&["passthrough=off"])
                 .unwrap()
@@ -308,6 +342,11 @@ mod tests {
         assert!(err(&["threads"]).contains("needs a value"));
         assert!(err(&["ro=1"]).contains("takes no value"));
         assert!(err(&["cache=sometimes"]).contains("cache"));
+        assert_eq!(
+            err(&["uring=yes"]),
+            "invalid value 'yes' for uring: expected auto, on or off"
+        );
+        assert!(err(&["uring"]).contains("needs a value"));
         assert!(err(&["allow_other,noacl"]).contains("always enforces POSIX ACLs"));
     }
 

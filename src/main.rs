@@ -36,7 +36,9 @@ struct Cli {
     /// Mount options, comma-separated: ro, rw, allow_other (implies default_permissions
     /// and acl), default_permissions, acl/noacl, nosuid/suid, nodev/dev, noexec, noatime,
     /// threads=N (default 4),
-    /// passthrough=auto|on|off (default auto), cache=always|auto|never (default always:
+    /// passthrough=auto|on|off (default auto), uring=auto|on|off (default auto: FUSE over
+    /// io_uring where the kernel offers it), file_handles=auto|off (default auto),
+    /// cache=always|auto|never (default always:
     /// only the mount changes BACKING; auto: others change it too; never: no caching).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]
     options: Vec<String>,
@@ -48,6 +50,11 @@ struct Cli {
     /// Kernel passthrough of reads and writes (same as -o passthrough=...).
     #[arg(long, value_name = "auto|on|off")]
     passthrough: Option<String>,
+
+    /// FUSE over io_uring (same as -o uring=...): on needs Linux 6.14+ and
+    /// `echo Y > /sys/module/fuse/parameters/enable_uring` (fuse.enable_uring).
+    #[arg(long, value_name = "auto|on|off")]
+    uring: Option<String>,
 
     /// More log output (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = ArgAction::Count)]
@@ -123,6 +130,9 @@ fn run(cli: Cli) -> Result<(), fastfs::Error> {
     let mut options = MountOptions::parse(&cli.options)?;
     if let Some(mode) = &cli.passthrough {
         options.passthrough = fastfs::config::parse_passthrough(mode)?;
+    }
+    if let Some(mode) = &cli.uring {
+        options.uring = fastfs::config::parse_uring(mode)?;
     }
     let config = Config::new(&mountpoint, &backing, options)?;
     let target = match &cli.log_file {

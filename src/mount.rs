@@ -12,10 +12,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Error, Passthrough};
+use crate::config::{Config, Error, Passthrough, Uring};
 use crate::fs::{Fs, FsOptions};
 use crate::passthrough::Passthrough as KernelPassthrough;
-use crate::transport::{self, Dispatcher, InitRequest, devfuse, wire};
+use crate::transport::{self, Dispatcher, InitRequest, RingSetup, devfuse, ring, wire};
 use crate::{describe_io_error, sys};
 
 const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
@@ -106,6 +106,9 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     // Each creation applies the caller's umask itself (see creds::act_as_creator).
     sys::set_umask(0);
 
+    if config.options.uring == Uring::On && !uring_enabled_in_kernel() {
+        return Err(uring_refused());
+    }
     let backing = cstring(&config.backing)?;
     let target = cstring(&config.mountpoint)?;
     if crate::config::is_stale_fuse_mount(&config.mountpoint) {
@@ -177,9 +180,27 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let wanted = InitRequest {
         cache: config.options.cache,
         passthrough: config.options.passthrough != Passthrough::Off,
+        uring: config.options.uring != Uring::Off,
     };
-    let (session, negotiated) = transport::handshake(dev, wanted)
+    let (session, negotiated, rings) = transport::handshake(dev, wanted)
         .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;
+    let rings = match rings {
+        RingSetup::Ready(prepared) => Some(prepared),
+        RingSetup::NotOffered if config.options.uring == Uring::On => {
+            return Err(uring_refused());
+        }
+        RingSetup::Failed(e) if config.options.uring == Uring::On => {
+            return Err(Error(format!(
+                "uring=on, but the io_uring rings cannot be set up: {}",
+                describe_io_error(&e)
+            )));
+        }
+        RingSetup::Failed(e) => {
+            log::warn!("cannot set up io_uring rings ({e}); serving over /dev/fuse");
+            None
+        }
+        RingSetup::NotOffered | RingSetup::NotWanted => None,
+    };
     let dup = |what: &str| {
         session
             .try_clone()
@@ -204,10 +225,11 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         ));
     }
     log::info!(
-        "mounted {} at {} (passthrough {})",
+        "mounted {} at {} (passthrough {}, io_uring {})",
         config.backing.display(),
         config.mountpoint.display(),
-        if passthrough.enabled() { "on" } else { "off" }
+        if passthrough.enabled() { "on" } else { "off" },
+        if rings.is_some() { "on" } else { "off" }
     );
     let dispatcher = Arc::new(Dispatcher::new(
         fs.clone(),
@@ -215,15 +237,29 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         passthrough,
     ));
 
+    // With rings, /dev/fuse carries only FORGET, INTERRUPT and what comes before the
+    // rings are ready: two threads (more while they are busy) are plenty.
+    let devfuse_threads = match rings {
+        Some(_) => config.options.threads.min(2),
+        None => config.options.threads,
+    };
+    let rings = rings
+        .map(|prepared| ring::serve(dispatcher.clone(), prepared, negotiated.setxattr_ext))
+        .transpose()
+        .map_err(|e| Error(format!("cannot start the io_uring threads: {e}")))?;
     spawn_signal_thread(target)?;
     on_ready();
     let result = devfuse::serve(
         dispatcher,
         &session,
-        config.options.threads,
+        devfuse_threads,
         transport::request_buffer(negotiated.max_write),
         negotiated.setxattr_ext,
     );
+    // The connection is gone: the ring threads end (or have ended) too.
+    if let Some(rings) = rings {
+        rings.join();
+    }
     // The session ends when the mount goes away (ENODEV); then there is nothing to undo.
     // A read that fails while a lazily unmounted connection is torn down is not a failure
     // of the mount either: once the mount has left the namespace, the user asked for it.
@@ -236,6 +272,21 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     };
     guard.armed = result.is_err();
     result.map_err(|e| Error(format!("serving the mount failed: {e}")))
+}
+
+/// Whether the kernel offers FUSE over io_uring to new mounts (`fuse.enable_uring`).
+fn uring_enabled_in_kernel() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
+}
+
+fn uring_refused() -> Error {
+    Error(
+        "uring=on, but the kernel does not offer FUSE over io_uring: it needs Linux 6.14+ \
+         with CONFIG_FUSE_IO_URING and fuse.enable_uring set \
+         (echo Y > /sys/module/fuse/parameters/enable_uring)"
+            .into(),
+    )
 }
 
 /// Unescapes a path field of /proc/self/mountinfo (`\040` for space, and so on).

@@ -4,13 +4,14 @@
 //! the text of [`Snapshot::render`]: one `name value` line per counter. The attribute is
 //! not listed by `listxattr`, so copies of the tree never carry it.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The virtual extended attribute on the mount root that carries the counters.
 pub const STATS_XATTR: &str = "user.fastfs.stats";
 
 /// The FUSE operations `fastfs stats` counts, by opcode, with the names it shows.
-pub const OPERATIONS: [(u32, &str); 36] = {
+pub const OPERATIONS: [(u32, &str); 37] = {
     use crate::transport::wire::opcode::*;
     [
         (LOOKUP, "lookup"),
@@ -46,6 +47,7 @@ pub const OPERATIONS: [(u32, &str); 36] = {
         (LSEEK, "lseek"),
         (COPY_FILE_RANGE, "copy_file_range"),
         (FORGET, "forget"),
+        (BATCH_FORGET, "batch_forget"),
         (GETLK, "getlk"),
         (SETLK, "setlk"),
         (INTERRUPT, "interrupt"),
@@ -71,6 +73,12 @@ pub struct Stats {
     /// Requests being served right now, and the most there ever were at once.
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
+    /// Requests read from `/dev/fuse`.
+    pub dev_fuse_requests: AtomicU64,
+    /// 1 while the connection is served over io_uring.
+    pub io_uring: AtomicU64,
+    /// Requests served by each io_uring queue (one per possible CPU), once there are rings.
+    ring_requests: OnceLock<Box<[AtomicU64]>>,
 }
 
 #[derive(Debug)]
@@ -116,6 +124,10 @@ pub struct Snapshot {
     pub open_handles: u64,
     /// Identity changes of serving threads (see `creds`).
     pub credential_switches: u64,
+    pub io_uring: u64,
+    pub dev_fuse_requests: u64,
+    /// Requests by io_uring queue (empty without rings).
+    pub ring_requests: Vec<u64>,
 }
 
 impl Stats {
@@ -132,6 +144,20 @@ impl Stats {
         let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_in_flight.fetch_max(now, Ordering::Relaxed);
         InFlight(self)
+    }
+
+    /// Starts counting the requests of `queues` io_uring queues.
+    pub fn start_ring_counters(&self, queues: usize) {
+        let _ = self
+            .ring_requests
+            .set((0..queues).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    /// Counts a request served by io_uring queue `queue`.
+    pub fn count_ring_request(&self, queue: usize) {
+        if let Some(counter) = self.ring_requests.get().and_then(|c| c.get(queue)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -158,6 +184,13 @@ impl Stats {
             fd_cache_entries: 0,
             open_handles: 0,
             credential_switches: 0,
+            io_uring: get(&self.io_uring),
+            dev_fuse_requests: get(&self.dev_fuse_requests),
+            ring_requests: self
+                .ring_requests
+                .get()
+                .map(|c| c.iter().map(get).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -170,6 +203,11 @@ impl Snapshot {
             .map(|(_, name)| name)
             .zip(&self.by_op)
             .map(|(name, n)| format!("requests.{name} {n}\n"));
+        let by_queue = self
+            .ring_requests
+            .iter()
+            .enumerate()
+            .map(|(queue, n)| format!("transport.ring.queue{queue}.requests {n}\n"));
         [
             ("copy_file_range.calls", self.copy_calls),
             ("copy_file_range.offloaded_bytes", self.copy_offloaded_bytes),
@@ -188,9 +226,12 @@ impl Snapshot {
             ("fd_cache.entries", self.fd_cache_entries),
             ("open_handles", self.open_handles),
             ("credential_switches", self.credential_switches),
+            ("transport.io_uring", self.io_uring),
+            ("transport.dev_fuse.requests", self.dev_fuse_requests),
         ]
         .iter()
         .map(|(name, value)| format!("{name} {value}\n"))
+        .chain(by_queue)
         .chain(by_op)
         .collect()
     }

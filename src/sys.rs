@@ -10,6 +10,8 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
+pub mod uring;
+
 /// Turns a `-1` return into the thread's errno.
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
@@ -872,4 +874,23 @@ pub fn open_by_handle_at(
     let fd = check(fd as libc::c_int)?;
     // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Safe wrapper for `sched_setaffinity(2)` of the calling thread: it runs on `cpu` only.
+pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: cpu_set_t is plain bits, valid when zeroed; CPU_SET writes inside it (the
+    // index was checked above); pid 0 is the calling thread, and the set outlives the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        check(libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))
+        .map(drop)
+    }
 }

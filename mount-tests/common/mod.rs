@@ -20,6 +20,73 @@ pub fn passthrough_mode() -> String {
     std::env::var("FASTFS_TEST_PASSTHROUGH").unwrap_or_else(|_| "auto".into())
 }
 
+/// The io_uring mode the mount tests run under (`FASTFS_TEST_URING`, default: fastfs's
+/// own default).
+pub fn uring_mode() -> Option<String> {
+    std::env::var("FASTFS_TEST_URING").ok()
+}
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Mounts start under a read lock of this; a test that changes `fuse.enable_uring`
+/// holds it for writing while its own mount starts, so no other mount's INIT sees the
+/// temporary value.
+static KERNEL_SETTINGS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// Whether this thread holds [`KERNEL_SETTINGS`] for writing.
+    static CHANGING_SETTINGS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `fuse.enable_uring` set to `value` while the guard lives, with no other mount
+/// starting meanwhile; the value found is put back on drop (also when the test fails).
+pub struct EnableUring {
+    found: String,
+    _lock: std::sync::RwLockWriteGuard<'static, ()>,
+}
+
+impl EnableUring {
+    pub fn set(value: bool) -> Self {
+        // Polled rather than waited for: a waiting writer would hold up every mount
+        // starting meanwhile (while the quick bench holds a read lock, for a while).
+        let lock = loop {
+            match KERNEL_SETTINGS.try_write() {
+                Ok(lock) => break lock,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+            }
+        };
+        let found = fs::read_to_string(ENABLE_URING).unwrap_or_else(|e| {
+            panic!("{ENABLE_URING}: {e}: this kernel has no FUSE over io_uring (Linux 6.14+, CONFIG_FUSE_IO_URING)")
+        });
+        fs::write(ENABLE_URING, if value { "Y" } else { "N" })
+            .unwrap_or_else(|e| panic!("cannot write {ENABLE_URING}: {e}"));
+        CHANGING_SETTINGS.with(|c| c.set(true));
+        EnableUring {
+            found: found.trim().to_string(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for EnableUring {
+    fn drop(&mut self) {
+        CHANGING_SETTINGS.with(|c| c.set(false));
+        if let Err(e) = fs::write(ENABLE_URING, &self.found) {
+            eprintln!("cannot restore {ENABLE_URING} to {}: {e}", self.found);
+        }
+    }
+}
+
+/// Keeps every test from changing kernel settings (`fuse.enable_uring`) while it lives.
+pub fn kernel_settings_unchanged() -> std::sync::RwLockReadGuard<'static, ()> {
+    KERNEL_SETTINGS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Runs a shell command; panics with its output unless it succeeds. Returns stdout.
 pub fn sh(script: &str) -> String {
     let out = sh_output(script);
@@ -147,7 +214,12 @@ impl Mounted {
     ) -> Self {
         let log = dir.path().join("fastfs.log");
         let mut opts = vec![format!("passthrough={}", passthrough_mode())];
+        if let Some(mode) = uring_mode() {
+            opts.push(format!("uring={mode}"));
+        }
         opts.extend(options.iter().map(|s| s.to_string()));
+        // A test changing fuse.enable_uring holds the lock itself.
+        let settings = (!CHANGING_SETTINGS.with(|c| c.get())).then(kernel_settings_unchanged);
         let mut command = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -176,6 +248,7 @@ impl Mounted {
             _dir: dir,
         };
         m.wait_mounted();
+        drop(settings);
         m
     }
 
@@ -334,6 +407,21 @@ pub fn spawn_cp(src: &Path, dst: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
+}
+
+/// Lists and stats `dir` over and over while `busy` runs; returns how many rounds
+/// completed before it ended (after it succeeded).
+pub fn served_while_running(busy: &mut Child, dir: &Path) -> u32 {
+    let mut served = 0;
+    while busy.try_wait().unwrap().is_none() {
+        fs::read_dir(dir).unwrap().for_each(drop);
+        fs::symlink_metadata(dir).unwrap();
+        if busy.try_wait().unwrap().is_none() {
+            served += 1;
+        }
+    }
+    assert!(busy.wait().unwrap().success());
+    served
 }
 
 /// Where tests put their directories: on the root filesystem (ext4 here), not a tmpfs.

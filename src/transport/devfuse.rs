@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use super::Dispatcher;
-use super::wire::{self, OUT_HEADER_LEN, Reply, Request, opcode};
+use super::wire::{self, OUT_HEADER_LEN};
 use crate::sys;
 
 /// The most request threads a connection gets, however many requests block.
@@ -129,31 +129,13 @@ impl Pool {
 
     /// Serves one request read from `fd`; `true` once the connection is gone.
     fn serve_request(&self, fd: &OwnedFd, request: &[u8], body: &mut Vec<u8>) -> bool {
-        let (unique, reply) = match wire::split_request(request, self.setxattr_ext)
-            .and_then(|(header, fixed, payload)| Request::decode(header, fixed, payload))
-        {
-            Ok(request) => (request.header.unique, self.dispatcher.handle(&request)),
-            Err(err) => match wire::InHeader::decode(request) {
-                Ok(header) => {
-                    log::error!(
-                        "request {} (opcode {}): {err}",
-                        header.unique,
-                        header.opcode
-                    );
-                    let needs_reply = !matches!(
-                        header.opcode,
-                        opcode::FORGET | opcode::BATCH_FORGET | opcode::INTERRUPT
-                    );
-                    (
-                        header.unique,
-                        needs_reply.then_some(Reply::Error(libc::EIO)),
-                    )
-                }
-                Err(_) => {
-                    log::error!("undecodable request of {} bytes: {err}", request.len());
-                    return false;
-                }
-            },
+        self.dispatcher
+            .fs
+            .stats
+            .count(&self.dispatcher.fs.stats.dev_fuse_requests, 1);
+        let parts = wire::split_request(request, self.setxattr_ext);
+        let Some((unique, reply)) = self.dispatcher.serve(parts, request) else {
+            return false;
         };
         let Some(reply) = reply else {
             return false;

@@ -7,6 +7,7 @@
 //! for the kernel, and kernel passthrough.
 
 pub mod devfuse;
+pub mod ring;
 pub mod wire;
 
 use std::io;
@@ -25,6 +26,20 @@ use wire::{Attr, DirentBuf, EntryOut, Op, OpenOut, Reply, Request, StatfsOut, fa
 pub struct InitRequest {
     pub cache: Cache,
     pub passthrough: bool,
+    /// Whether to serve over io_uring where the kernel offers it.
+    pub uring: bool,
+}
+
+/// How the io_uring transport came out of INIT.
+pub enum RingSetup {
+    NotWanted,
+    /// The kernel did not offer FUSE_OVER_IO_URING (`fuse.enable_uring` is off, or the
+    /// kernel is older than 6.14).
+    NotOffered,
+    /// Offered, but the rings could not be created (the flag was not accepted).
+    Failed(io::Error),
+    /// Accepted: the rings must now be registered, or the mount hangs.
+    Ready(ring::Prepared),
 }
 
 /// What INIT settled.
@@ -53,6 +68,32 @@ pub fn request_buffer(max_write: u32) -> usize {
 struct Handshake {
     wanted: InitRequest,
     negotiated: Arc<std::sync::OnceLock<Negotiated>>,
+    /// The connection's descriptor, for the rings.
+    dev: OwnedFd,
+    rings: Arc<parking_lot::Mutex<Option<RingSetup>>>,
+}
+
+impl Handshake {
+    /// Creates the rings before the INIT reply accepts io_uring: once accepted, a queue
+    /// without a ring would hang every request (see [`ring`]).
+    fn set_up_rings(&self, config: &mut fuser::KernelConfig, max_write: u32) -> RingSetup {
+        if !self.wanted.uring {
+            return RingSetup::NotWanted;
+        }
+        if !config
+            .capabilities()
+            .contains(fuser::InitFlags::FUSE_OVER_IO_URING)
+        {
+            return RingSetup::NotOffered;
+        }
+        match ring::prepare(&self.dev, request_buffer(max_write)) {
+            Ok(prepared) => match config.add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING) {
+                Ok(()) => RingSetup::Ready(prepared),
+                Err(_) => RingSetup::NotOffered,
+            },
+            Err(e) => RingSetup::Failed(e),
+        }
+    }
 }
 
 impl fuser::Filesystem for Handshake {
@@ -103,6 +144,7 @@ impl fuser::Filesystem for Handshake {
         if let Err(max) = config.set_max_readahead(MAX_WRITE) {
             let _ = config.set_max_readahead(max);
         }
+        *self.rings.lock() = Some(self.set_up_rings(config, max_write));
         let _ = self.negotiated.set(Negotiated {
             passthrough,
             setxattr_ext: offered.contains(F::FUSE_SETXATTR_EXT),
@@ -113,12 +155,18 @@ impl fuser::Filesystem for Handshake {
 }
 
 /// Answers the kernel's INIT on `dev` (a `/dev/fuse` descriptor just mounted); returns
-/// the connection's descriptor and what was settled.
-pub fn handshake(dev: OwnedFd, wanted: InitRequest) -> io::Result<(OwnedFd, Negotiated)> {
+/// the connection's descriptor, what was settled, and the io_uring setup.
+pub fn handshake(
+    dev: OwnedFd,
+    wanted: InitRequest,
+) -> io::Result<(OwnedFd, Negotiated, RingSetup)> {
     let negotiated = Arc::new(std::sync::OnceLock::new());
+    let rings = Arc::new(parking_lot::Mutex::new(None));
     let handshake = Handshake {
         wanted,
         negotiated: negotiated.clone(),
+        dev: dev.try_clone()?,
+        rings: rings.clone(),
     };
     let session = fuser::Session::from_fd(
         handshake,
@@ -132,7 +180,8 @@ pub fn handshake(dev: OwnedFd, wanted: InitRequest) -> io::Result<(OwnedFd, Nego
         .get()
         .copied()
         .ok_or_else(|| io::Error::other("INIT finished without settling its terms"))?;
-    Ok((fd, negotiated))
+    let rings = rings.lock().take().unwrap_or(RingSetup::NotWanted);
+    Ok((fd, negotiated, rings))
 }
 
 /// Serves decoded requests with one [`Fs`]; shared by every transport thread.
@@ -234,6 +283,42 @@ impl Dispatcher {
             fh,
             open_flags,
             backing_id: passthrough.map_or(0, PassthroughOpen::backing_id),
+        }
+    }
+
+    /// Serves a request given as its decoded parts (see [`wire::split_request`] and
+    /// [`wire::split_ring_request`]); `raw_header` is where its `fuse_in_header` was, for
+    /// the report when the rest cannot be decoded. Returns the request's `unique` and the
+    /// reply (`None` for requests without one), or `None` when not even the header can
+    /// be read.
+    pub fn serve(
+        &self,
+        parts: wire::Result<(wire::InHeader, &[u8], &[u8])>,
+        raw_header: &[u8],
+    ) -> Option<(u64, Option<Reply>)> {
+        match parts.and_then(|(header, fixed, payload)| Request::decode(header, fixed, payload)) {
+            Ok(request) => Some((request.header.unique, self.handle(&request))),
+            Err(err) => match wire::InHeader::decode(raw_header) {
+                Ok(header) => {
+                    log::error!(
+                        "request {} (opcode {}): {err}",
+                        header.unique,
+                        header.opcode
+                    );
+                    let needs_reply = !matches!(
+                        header.opcode,
+                        wire::opcode::FORGET | wire::opcode::BATCH_FORGET | wire::opcode::INTERRUPT
+                    );
+                    Some((
+                        header.unique,
+                        needs_reply.then_some(Reply::Error(libc::EIO)),
+                    ))
+                }
+                Err(_) => {
+                    log::error!("undecodable request: {err}");
+                    None
+                }
+            },
         }
     }
 

@@ -139,7 +139,7 @@ impl std::fmt::Display for WireError {
     }
 }
 
-type Result<T> = std::result::Result<T, WireError>;
+pub type Result<T> = std::result::Result<T, WireError>;
 
 /// Bounds-checked reads from a byte slice, in native byte order (the kernel's).
 struct Reader<'a> {
@@ -260,6 +260,31 @@ pub fn split_request(buf: &[u8], setxattr_ext: bool) -> Result<(InHeader, &[u8],
     let fixed = fixed_len(header.opcode, setxattr_ext).min(body.len());
     let (fixed, payload) = body.split_at(fixed);
     Ok((header, fixed, payload))
+}
+
+/// Bytes of the in/out header area and of the operation area of a FUSE-over-io_uring
+/// entry's header buffer (`FUSE_URING_IN_OUT_HEADER_SZ`, `FUSE_URING_OP_IN_OUT_SZ`).
+pub const RING_IN_OUT_LEN: usize = 128;
+pub const RING_OP_IN_LEN: usize = 128;
+
+/// Splits a request delivered into an io_uring entry: `in_out` holds `fuse_in_header`,
+/// `op_in` the operation's fixed arguments (the kernel's first argument, whatever its
+/// size), `payload` the rest (names, data, extensions), already cut to the length the
+/// kernel reported. The header's `len` still counts all three, which tells how much of
+/// `op_in` the kernel wrote (the rest holds stale bytes of an earlier request).
+pub fn split_ring_request<'a>(
+    in_out: &[u8],
+    op_in: &'a [u8],
+    payload: &'a [u8],
+    setxattr_ext: bool,
+) -> Result<(InHeader, &'a [u8], &'a [u8])> {
+    let header = InHeader::decode(in_out)?;
+    let written = (header.len as usize)
+        .checked_sub(IN_HEADER_LEN + payload.len())
+        .filter(|&n| n <= RING_OP_IN_LEN.min(op_in.len()))
+        .ok_or(WireError::BadLength)?;
+    let fixed = written.min(fixed_len(header.opcode, setxattr_ext));
+    Ok((header, &op_in[..fixed], payload))
 }
 
 /// A POSIX or flock lock as FUSE describes it (`fuse_file_lock`).
@@ -1099,6 +1124,47 @@ mod tests {
     }
 
     #[test]
+    fn ring_requests_use_only_what_the_kernel_wrote_of_the_operation_area() {
+        // LOOKUP has no fixed arguments: stale bytes in the operation area are ignored.
+        let payload = b"name\0";
+        let in_out = header_bytes(opcode::LOOKUP, (IN_HEADER_LEN + payload.len()) as u32, 0);
+        let stale = [0xffu8; RING_OP_IN_LEN];
+        let (h, fixed, rest) = split_ring_request(&in_out, &stale, payload, true).unwrap();
+        assert!(fixed.is_empty());
+        let req = Request::decode(h, fixed, rest).unwrap();
+        assert_eq!(
+            req.op,
+            Op::Lookup {
+                name: OsStr::new("name")
+            }
+        );
+        // MKDIR: fuse_mkdir_in (mode, umask) in the operation area, the name in the payload.
+        let mut op_in = stale;
+        op_in[..4].copy_from_slice(&0o755u32.to_ne_bytes());
+        op_in[4..8].copy_from_slice(&0o022u32.to_ne_bytes());
+        let in_out = header_bytes(opcode::MKDIR, (IN_HEADER_LEN + 8 + payload.len()) as u32, 0);
+        let (h, fixed, rest) = split_ring_request(&in_out, &op_in, payload, true).unwrap();
+        let req = Request::decode(h, fixed, rest).unwrap();
+        assert_eq!(
+            req.op,
+            Op::Mkdir {
+                name: OsStr::new("name"),
+                mode: 0o755,
+                umask: 0o022
+            }
+        );
+        // A length that cannot hold the payload, or claims more than the area, is refused.
+        let short = header_bytes(opcode::LOOKUP, IN_HEADER_LEN as u32, 0);
+        assert!(split_ring_request(&short, &stale, payload, true).is_err());
+        let long = header_bytes(
+            opcode::LOOKUP,
+            (IN_HEADER_LEN + 129 + payload.len()) as u32,
+            0,
+        );
+        assert!(split_ring_request(&long, &stale, payload, true).is_err());
+    }
+
+    #[test]
     fn lookup_rename_and_write_decode_their_arguments() {
         let buf = request(opcode::LOOKUP, &[], b"name\0");
         let req = decode(&buf).unwrap();
@@ -1303,6 +1369,34 @@ mod tests {
             let h = InHeader::decode(&buf).unwrap();
             let cut = body.len() / 2;
             let _ = Request::decode(h, &body[..cut], &body[cut..]);
+        }
+
+        #[test]
+        fn arbitrary_ring_buffers_decode_without_panic(
+            in_out in proptest::collection::vec(any::<u8>(), 0..160),
+            op_in in proptest::collection::vec(any::<u8>(), 0..160),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            if let Ok((h, fixed, payload)) = split_ring_request(&in_out, &op_in, &payload, true) {
+                prop_assert!(fixed.len() <= RING_OP_IN_LEN);
+                let _ = Request::decode(h, fixed, payload);
+            }
+        }
+
+        #[test]
+        fn ring_requests_of_any_opcode_decode_without_panic(
+            opcode in 0u32..64,
+            extlen in 0u16..4,
+            op_len in 0usize..=128,
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let len = (IN_HEADER_LEN + op_len + payload.len()) as u32;
+            let in_out = header_bytes(opcode, len, extlen);
+            let op_in = vec![0x5a; RING_OP_IN_LEN];
+            let (h, fixed, rest) = split_ring_request(&in_out, &op_in, &payload, false).unwrap();
+            prop_assert_eq!(fixed.len(), op_len.min(fixed_len(opcode, false)));
+            prop_assert_eq!(rest.len(), payload.len());
+            let _ = Request::decode(h, fixed, rest);
         }
 
         #[test]
