@@ -257,3 +257,62 @@ fn mount_8_and_umount_8_work() {
     sh(&format!("umount {}", mnt.display()));
     assert!(!is_mountpoint(&mnt));
 }
+
+#[test]
+fn fastfs_over_fastfs_reports_that_passthrough_cannot_stack() {
+    // The inner mount uses kernel passthrough, which makes it a stacked filesystem.
+    let inner = Mounted::with_options(&["passthrough=on"]);
+    fs::write(inner.m("f"), b"through two mounts").unwrap();
+    let dir = tempfile::tempdir_in(test_root()).unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = std::process::Command::new(FASTFS)
+        .args(["-o", "passthrough=on"])
+        .arg(&mnt)
+        .arg(&inner.mnt)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mounted = is_mountpoint(&mnt);
+    if mounted {
+        unmount(&mnt);
+    }
+    assert!(
+        !out.status.success() && !mounted,
+        "passthrough=on mounted over a stacked backing"
+    );
+    assert!(stderr.contains("stacked filesystem"), "{stderr}");
+
+    let outer = Mounted::over(&inner.mnt, &["passthrough=auto"]);
+    for _ in 0..3 {
+        assert_eq!(fs::read(outer.m("f")).unwrap(), b"through two mounts");
+    }
+    fs::write(outer.m("g"), b"written").unwrap();
+    assert_eq!(fs::read(inner.b("g")).unwrap(), b"written");
+    assert_eq!(outer.stats()["passthrough.opens"], 0);
+    let log = outer.log_text();
+    assert_eq!(
+        log.matches("reads and writes go through the daemon")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("Too many levels"), "{log}");
+    assert!(log.contains("passthrough off"), "{log}");
+
+    // A FUSE backing may change under the mount: names and sizes are re-checked after
+    // a second (cache=auto), not trusted for a day.
+    assert!(log.contains("cache=auto"), "{log}");
+    assert_eq!(fs::metadata(outer.m("f")).unwrap().len(), 18);
+    assert!(!outer.m("new").exists());
+    fs::write(inner.m("f"), b"changed behind the outer mount").unwrap();
+    fs::write(inner.m("new"), b"").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert_eq!(fs::metadata(outer.m("f")).unwrap().len(), 30);
+    assert!(outer.m("new").exists());
+    assert_eq!(
+        fs::read(outer.m("f")).unwrap(),
+        b"changed behind the outer mount"
+    );
+}

@@ -34,6 +34,30 @@ pub enum Passthrough {
     Off,
 }
 
+/// Whether a filesystem of this `statfs` type may be changed by others than this machine's
+/// kernel: network and cluster filesystems, and FUSE (which includes virtiofs and every
+/// distributed filesystem's FUSE client).
+pub fn is_shared_filesystem(f_type: i64) -> bool {
+    const SHARED: [i64; 15] = [
+        0x6969,      // NFS
+        0x517B,      // SMB (smbfs)
+        0xFF53_4D42, // CIFS
+        0xFE53_4D42, // SMB2/3
+        0x00C3_6400, // Ceph kernel client
+        0x6573_5546, // FUSE (JuiceFS, ceph-fuse, sshfs, virtiofs, another fastfs...)
+        0x0102_1997, // 9p
+        0x5346_414F, // AFS
+        0x6B41_4653, // kAFS
+        0x7375_7245, // Coda
+        0x7461_636F, // OCFS2
+        0x0116_1970, // GFS2
+        0x0BD0_0BD0, // Lustre
+        0x4750_4653, // GPFS
+        0x2003_0528, // OrangeFS
+    ];
+    SHARED.contains(&f_type)
+}
+
 /// Whether requests come over io_uring (FUSE_OVER_IO_URING) rather than `/dev/fuse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Uring {
@@ -58,6 +82,15 @@ pub enum Cache {
 }
 
 impl Cache {
+    /// The option value that selects this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Always => "always",
+            Cache::Auto => "auto",
+            Cache::Never => "never",
+        }
+    }
+
     /// Time-to-live of names, negative names and attributes.
     pub fn ttl(self) -> Duration {
         match self {
@@ -85,6 +118,8 @@ pub struct MountOptions {
     pub passthrough: Passthrough,
     pub uring: Uring,
     pub cache: Cache,
+    /// Whether `cache=` was given (otherwise a shared backing gets `cache=auto`).
+    pub cache_given: bool,
     /// Kernel mount flags beyond the defaults (`nosuid`, `nodev` are always set unless
     /// `suid`/`dev` is given).
     pub suid: bool,
@@ -105,6 +140,7 @@ impl Default for MountOptions {
             passthrough: Passthrough::Auto,
             uring: Uring::Auto,
             cache: Cache::Always,
+            cache_given: false,
             suid: false,
             dev: false,
             noexec: false,
@@ -164,6 +200,7 @@ impl MountOptions {
                     }
                 }
                 ("cache", Some(v)) => {
+                    o.cache_given = true;
                     o.cache = match v {
                         "always" => Cache::Always,
                         "auto" => Cache::Auto,

@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, Error, Passthrough, Uring};
+use crate::config::{Cache, Config, Error, Passthrough, Uring};
 use crate::fs::{Fs, FsOptions};
 use crate::passthrough::Passthrough as KernelPassthrough;
 use crate::transport::{self, Dispatcher, InitRequest, RingSetup, devfuse, ring, wire};
@@ -134,6 +134,20 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let root_mode = sys::fstat(root.as_fd())
         .map_err(|e| Error(format!("backing directory: {e}")))?
         .st_mode;
+    // Over a filesystem that others change too, the kernel must not trust names and
+    // attributes for a day: unless told otherwise, re-check them after a second.
+    let mut cache = config.options.cache;
+    if !config.options.cache_given
+        && let Ok(st) = sys::fstatfs(root.as_fd())
+        && crate::config::is_shared_filesystem(st.f_type)
+    {
+        log::info!(
+            "{} is on a network or FUSE filesystem (type {:#x}): cache=auto",
+            config.backing.display(),
+            st.f_type
+        );
+        cache = Cache::Auto;
+    }
     let fs = Arc::new(
         Fs::new(
             root,
@@ -178,7 +192,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     let mount_id = mount_id_at(&config.mountpoint);
 
     let wanted = InitRequest {
-        cache: config.options.cache,
+        cache,
         passthrough: config.options.passthrough != Passthrough::Off,
         uring: config.options.uring != Uring::Off,
     };
@@ -210,32 +224,36 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         KernelPassthrough::new(dup("passthrough")?, negotiated.passthrough)
             .map_err(|e| Error(format!("cannot start the passthrough thread: {e}")))?,
     );
-    passthrough.probe(fs.inodes.root_fd());
+    let passthrough_refused = passthrough.probe(fs.inodes.root_fd());
     let notifications = dup("notifications")?;
     fs.set_attribute_invalidator(Box::new(move |node| {
         // ENOENT: the kernel does not hold the node (any more); nothing is stale.
         let _ = sys::writev(notifications.as_fd(), &[&wire::inval_attributes(node)]);
     }));
     spawn_upkeep(fs.clone(), dup("notifications")?)?;
-    if config.options.passthrough == Passthrough::On && !passthrough.enabled() {
-        return Err(Error(
-            "passthrough=on, but the kernel refuses FUSE passthrough here \
-             (it needs Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH and CAP_SYS_ADMIN)"
-                .into(),
-        ));
+    match (&passthrough_refused, config.options.passthrough) {
+        (Some(reason), Passthrough::On) => {
+            return Err(Error(format!("passthrough=on, but {reason}")));
+        }
+        (None, Passthrough::On) if !passthrough.enabled() => {
+            return Err(Error(
+                "passthrough=on, but the kernel refuses FUSE passthrough here \
+                 (it needs Linux 6.9+ with CONFIG_FUSE_PASSTHROUGH and CAP_SYS_ADMIN)"
+                    .into(),
+            ));
+        }
+        (Some(reason), _) => log::warn!("{reason}: reads and writes go through the daemon"),
+        (None, _) => {}
     }
     log::info!(
-        "mounted {} at {} (passthrough {}, io_uring {})",
+        "mounted {} at {} (cache={}, passthrough {}, io_uring {})",
         config.backing.display(),
         config.mountpoint.display(),
+        cache.name(),
         if passthrough.enabled() { "on" } else { "off" },
         if rings.is_some() { "on" } else { "off" }
     );
-    let dispatcher = Arc::new(Dispatcher::new(
-        fs.clone(),
-        config.options.cache,
-        passthrough,
-    ));
+    let dispatcher = Arc::new(Dispatcher::new(fs.clone(), cache, passthrough));
 
     // With rings, /dev/fuse carries only FORGET, INTERRUPT and what comes before the
     // rings are ready: two threads (more while they are busy) are plenty.

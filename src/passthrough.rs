@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -58,6 +59,26 @@ impl PassthroughOpen {
     }
 }
 
+/// A regular file among the first entries of the directory `root`, opened read-only.
+fn any_regular_file(root: std::os::fd::BorrowedFd<'_>) -> Option<OwnedFd> {
+    let path = sys::proc_fd_path(root);
+    let listing = std::fs::read_dir(std::ffi::OsStr::from_bytes(path.as_bytes())).ok()?;
+    listing
+        .take(1000)
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .find_map(|e| {
+            let name = sys::cstr(&e.file_name()).ok()?;
+            sys::openat(
+                Some(root),
+                &name,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+                0,
+            )
+            .ok()
+        })
+}
+
 impl Passthrough {
     /// Passthrough over the connection of `dev`, on if `wanted` (and the kernel agrees).
     /// Starts the thread that unregisters backing files; call it from a thread with the
@@ -90,23 +111,61 @@ impl Passthrough {
         self.enabled.store(false, Ordering::Relaxed);
     }
 
-    /// Asks the kernel whether it will register backing files: with passthrough allowed
-    /// it answers EISDIR for a directory, without it (no CAP_SYS_ADMIN) EPERM.
-    pub fn probe(&self, directory: std::os::fd::BorrowedFd<'_>) {
+    /// Asks the kernel whether it will register backing files from BACKING, and says
+    /// why not. Without CAP_SYS_ADMIN it refuses anything (EPERM). A backing that is
+    /// itself stacked (a FUSE mount with passthrough, overlayfs) is one level too deep for
+    /// a filesystem that must stay usable under overlayfs (ELOOP); the kernel only checks
+    /// that on a regular file, so the probe registers an unnamed temporary file in the
+    /// backing root, or else a regular file found there (with neither, it cannot tell,
+    /// and the first open finds out).
+    /// Returns the reason passthrough is off, if it is.
+    pub fn probe(&self, root: std::os::fd::BorrowedFd<'_>) -> Option<String> {
         if !self.enabled() {
-            return;
+            return None;
         }
-        match sys::fuse_backing_open(self.dev.as_fd(), directory) {
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
-            Err(e) => {
-                log::info!("kernel passthrough unavailable: {e}");
-                self.disable();
+        let refused = |e: io::Error| match e.raw_os_error() {
+            Some(libc::ELOOP) => Some(
+                "BACKING is itself on a stacked filesystem (a FUSE mount with passthrough, or \
+                 overlayfs), and kernel passthrough allows one level of stacking"
+                    .to_string(),
+            ),
+            Some(libc::EPERM) => Some(format!(
+                "the kernel refuses FUSE passthrough here ({e}; it needs CAP_SYS_ADMIN in the \
+                 initial user namespace)"
+            )),
+            _ => Some(format!("the kernel refuses FUSE passthrough here ({e})")),
+        };
+        let reason = match sys::fuse_backing_open(self.dev.as_fd(), root) {
+            // Registration is possible in principle: try a regular file.
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                match sys::open_tmpfile(root)
+                    .ok()
+                    .or_else(|| any_regular_file(root))
+                {
+                    Some(file) => match sys::fuse_backing_open(self.dev.as_fd(), file.as_fd()) {
+                        Ok(id) => {
+                            let _ = sys::fuse_backing_close(self.dev.as_fd(), id);
+                            None
+                        }
+                        Err(e) => refused(e),
+                    },
+                    None => {
+                        log::debug!("no regular file in BACKING's root to probe passthrough");
+                        None
+                    }
+                }
             }
+            Err(e) => refused(e),
             Ok(id) => {
                 log::warn!("kernel registered a directory as backing file (id {id})");
                 let _ = sys::fuse_backing_close(self.dev.as_fd(), id);
+                None
             }
+        };
+        if reason.is_some() {
+            self.disable();
         }
+        reason
     }
 
     /// How an open of `handle` by `caller` with `open_flags` uses kernel passthrough, if
@@ -144,11 +203,13 @@ impl Passthrough {
                 match registered {
                     Ok(installed) => installed,
                     Err(err) => {
-                        if err.raw_os_error() == Some(libc::EPERM) {
-                            log::warn!(
-                                "kernel refused passthrough ({err}); serving I/O in the daemon"
-                            );
-                            self.disable();
+                        if matches!(err.raw_os_error(), Some(libc::EPERM | libc::ELOOP)) {
+                            // Said once: the next opens do not try.
+                            if self.enabled.swap(false, Ordering::Relaxed) {
+                                log::warn!(
+                                    "kernel refused passthrough ({err}); serving I/O in the daemon"
+                                );
+                            }
                         } else {
                             log::debug!("no passthrough for inode {}: {err}", handle.inode.id);
                         }

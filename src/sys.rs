@@ -894,3 +894,9 @@ pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
         .map(drop)
     }
 }
+
+/// An unnamed temporary file in `dir` (`O_TMPFILE`, read-write, mode 0600): gone when
+/// closed.
+pub fn open_tmpfile(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    openat(Some(dir), c".", libc::O_TMPFILE | libc::O_RDWR, 0o600)
+}
