@@ -12,6 +12,7 @@ mod copy;
 mod deploy;
 mod inodes;
 mod load;
+mod locks;
 mod ops;
 mod rsync;
 mod safety;

@@ -129,6 +129,9 @@ pub struct MountOptions {
     /// Keep inodes as file handles where the kernel allows it (`file_handles=auto`, the
     /// default), or always by descriptor (`file_handles=off`).
     pub file_handles: bool,
+    /// Take fcntl and flock locks on the backing files (`locks=backing`, the default), or
+    /// keep them in the kernel, among users of this mount only (`locks=local`).
+    pub forward_locks: bool,
 }
 
 impl Default for MountOptions {
@@ -146,6 +149,7 @@ impl Default for MountOptions {
             noexec: false,
             noatime: false,
             file_handles: true,
+            forward_locks: true,
         }
     }
 }
@@ -199,6 +203,15 @@ impl MountOptions {
                         ),
                     }
                 }
+                ("locks", Some(v)) => {
+                    o.forward_locks = match v {
+                        "backing" => true,
+                        "local" => false,
+                        _ => {
+                            bail!("invalid value '{v}' for option locks: expected backing or local")
+                        }
+                    }
+                }
                 ("cache", Some(v)) => {
                     o.cache_given = true;
                     o.cache = match v {
@@ -227,7 +240,10 @@ impl MountOptions {
                     | "noacl",
                     Some(_),
                 ) => bail!("option '{key}' takes no value"),
-                ("threads" | "passthrough" | "uring" | "cache" | "file_handles", None) => {
+                (
+                    "threads" | "passthrough" | "uring" | "cache" | "file_handles" | "locks",
+                    None,
+                ) => {
                     bail!("option '{key}' needs a value ({key}=...)")
                 }
                 _ => bail!("unknown mount option '{opt}'"),

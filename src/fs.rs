@@ -24,6 +24,7 @@ pub use crate::creds::Caller;
 use crate::creds::Credentials;
 use crate::handle::{Handle, HandleTable};
 use crate::inode::{FdCache, FileHandle, Found, Identity, Inode, InodeTable, Key, NodeId, ROOT_ID};
+use crate::locks::Locks;
 use crate::stats::{Snapshot, Stats};
 use crate::sys;
 
@@ -80,6 +81,8 @@ pub struct FsOptions {
     pub fd_limit: u64,
     /// Keep inodes on the root's mount as file handles where the kernel allows it.
     pub file_handles: bool,
+    /// Take the mount's locks on the backing files (`-o locks=backing`).
+    pub forward_locks: bool,
 }
 
 impl FsOptions {
@@ -97,6 +100,11 @@ impl FsOptions {
     /// Open files one user (other than the daemon's own) may hold through the mount.
     fn handles_per_user(&self) -> usize {
         (self.fd_limit / 4).max(256) as usize
+    }
+
+    /// Descriptors one user's lock owners may hold (see [`crate::locks`]).
+    fn lock_owners_per_user(&self) -> usize {
+        (self.fd_limit / 8).max(128) as usize
     }
 
     /// Inodes that may hold a descriptor of their own before the daemon asks the kernel
@@ -138,6 +146,7 @@ pub struct Fs {
     /// Tells the kernel that its cached attributes of a node are stale (set by the
     /// transport, which writes the notification).
     invalidate: std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>,
+    pub(crate) locks: Locks,
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
@@ -231,6 +240,7 @@ impl Fs {
             orphans: Mutex::new(HashSet::new()),
             orphans_released: Condvar::new(),
             invalidate: std::sync::OnceLock::new(),
+            locks: Locks::new(options.forward_locks, options.lock_owners_per_user()),
         })
     }
 
@@ -257,8 +267,13 @@ impl Fs {
 
     /// Whether a close of `inode` may skip the FLUSH request. Network filesystems write
     /// back and report errors at close, so only files on the backing root's own local
-    /// filesystem qualify.
+    /// filesystem qualify, and only where locks are not forwarded.
     pub fn close_needs_no_flush(&self, inode: &Inode) -> bool {
+        // FLUSH is how the kernel says a process closed the file, which releases its
+        // POSIX locks.
+        if self.locks.forwarded {
+            return false;
+        }
         let dev = match &inode.identity {
             Identity::Handle(_) => self.inodes.root_dev(),
             Identity::Descriptor { dev, .. } => *dev,
@@ -294,6 +309,7 @@ impl Fs {
             fd_cache_entries: cached as u64,
             open_handles: self.handles.count() as u64,
             credential_switches: self.creds.switches(),
+            lock_owner_files: self.locks.owner_files() as u64,
             ..self.stats.snapshot()
         }
     }
@@ -928,7 +944,9 @@ impl Fs {
 
     /// Closes handle `fh` (its descriptor closes when the last request using it ends).
     pub fn release(&self, fh: u64) -> io::Result<()> {
-        drop(self.handles.remove(fh));
+        if let Some(handle) = self.handles.remove(fh) {
+            self.locks.release(handle.inode.id, fh);
+        }
         Ok(())
     }
 
@@ -959,8 +977,12 @@ impl Fs {
         Ok(n)
     }
 
-    pub fn flush(&self, fh: u64) -> io::Result<()> {
-        sys::flush_by_dup_close(self.handles.get(fh)?.fd())
+    /// A close by the process `lock_owner`: its POSIX locks on the file go, and the
+    /// backing file sees a close too (an NFS backing writes back and reports errors).
+    pub fn flush(&self, fh: u64, lock_owner: u64) -> io::Result<()> {
+        let handle = self.handles.get(fh)?;
+        self.locks.flush(handle.inode.id, lock_owner);
+        sys::flush_by_dup_close(handle.fd())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
@@ -1081,6 +1103,7 @@ mod tests {
             FsOptions {
                 fd_limit: 1 << 16,
                 file_handles: true,
+                forward_locks: true,
             },
         )
         .unwrap();

@@ -594,11 +594,20 @@ impl FdCache {
 
     /// Drops cached descriptors of objects that have no name left (deleted directly in
     /// BACKING, where the daemon does not see it happen): the cache must not keep their
-    /// blocks. `unlinked` is asked about each cached descriptor, outside the lock.
+    /// blocks. `unlinked` is asked about each cached descriptor, outside the lock. One
+    /// used since the last call gets a second chance (its mark is cleared): a lookup has
+    /// just handed the kernel that object, and an open of it that follows at once must
+    /// find it, deleted or not, as a native open of a just-resolved name does.
     pub fn drop_unlinked(&self, unlinked: impl Fn(&OwnedFd) -> bool) -> usize {
         let cached: Vec<(NodeId, Arc<OwnedFd>)> = {
-            let c = self.inner.lock();
-            c.slots.iter().map(|s| (s.id, s.fd.clone())).collect()
+            let mut c = self.inner.lock();
+            c.slots
+                .iter_mut()
+                .filter_map(|s| {
+                    let recent = std::mem::replace(&mut s.referenced, false);
+                    (!recent).then(|| (s.id, s.fd.clone()))
+                })
+                .collect()
         };
         let gone: Vec<NodeId> = cached
             .iter()

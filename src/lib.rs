@@ -31,6 +31,7 @@ pub mod dir;
 pub mod fs;
 pub mod handle;
 pub mod inode;
+pub mod locks;
 pub mod logger;
 pub mod mount;
 pub mod passthrough;

@@ -105,6 +105,8 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     };
     // Each creation applies the caller's umask itself (see creds::act_as_creator).
     sys::set_umask(0);
+    crate::locks::install_wake_signal()
+        .map_err(|e| Error(format!("cannot install the lock wake-up signal: {e}")))?;
 
     if config.options.uring == Uring::On && !uring_enabled_in_kernel() {
         return Err(uring_refused());
@@ -154,6 +156,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
             FsOptions {
                 fd_limit,
                 file_handles: config.options.file_handles,
+                forward_locks: config.options.forward_locks,
             },
         )
         .map_err(|e| Error(format!("backing directory: {e}")))?,
@@ -195,6 +198,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         cache,
         passthrough: config.options.passthrough != Passthrough::Off,
         uring: config.options.uring != Uring::Off,
+        locks: config.options.forward_locks,
     };
     let (session, negotiated, rings) = transport::handshake(dev, wanted)
         .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;

@@ -126,6 +126,8 @@ pub struct Snapshot {
     pub credential_switches: u64,
     pub io_uring: u64,
     pub dev_fuse_requests: u64,
+    /// Descriptors held for lock owners (see `locks`).
+    pub lock_owner_files: u64,
     /// Requests by io_uring queue (empty without rings).
     pub ring_requests: Vec<u64>,
 }
@@ -185,6 +187,7 @@ impl Stats {
             open_handles: 0,
             credential_switches: 0,
             io_uring: get(&self.io_uring),
+            lock_owner_files: 0,
             dev_fuse_requests: get(&self.dev_fuse_requests),
             ring_requests: self
                 .ring_requests
@@ -226,6 +229,7 @@ impl Snapshot {
             ("fd_cache.entries", self.fd_cache_entries),
             ("open_handles", self.open_handles),
             ("credential_switches", self.credential_switches),
+            ("locks.owner_files", self.lock_owner_files),
             ("transport.io_uring", self.io_uring),
             ("transport.dev_fuse.requests", self.dev_fuse_requests),
         ]

@@ -900,3 +900,49 @@ pub fn pin_thread_to_cpu(cpu: usize) -> io::Result<()> {
 pub fn open_tmpfile(dir: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     openat(Some(dir), c".", libc::O_TMPFILE | libc::O_RDWR, 0o600)
 }
+
+/// Safe wrapper for `fcntl(2)` with a lock command (`F_OFD_SETLK`, `F_OFD_SETLKW`,
+/// `F_OFD_GETLK`, `F_SETLK`, ...): `lock` is read, and for a GETLK written back.
+pub fn fcntl_lock(fd: BorrowedFd<'_>, cmd: libc::c_int, lock: &mut libc::flock) -> io::Result<()> {
+    // SAFETY: `lock` is a valid, exclusively borrowed struct flock for the whole call.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), cmd, lock as *mut libc::flock) }).map(drop)
+}
+
+/// Safe wrapper for `flock(2)`.
+pub fn flock(fd: BorrowedFd<'_>, operation: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::flock(fd.as_raw_fd(), operation) }).map(drop)
+}
+
+/// The calling thread's id (`gettid(2)`).
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid cannot fail and takes no arguments.
+    unsafe { libc::gettid() }
+}
+
+/// Safe wrapper for `tgkill(2)`: sends `signal` to thread `tid` of this process only.
+pub fn tgkill(tid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer arguments; the thread group is our own process.
+    let ret = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) };
+    check(ret as libc::c_int).map(drop)
+}
+
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Makes `signal` interrupt a blocking system call of the thread it is sent to (which then
+/// fails with EINTR) and do nothing else: a no-op handler installed without SA_RESTART.
+pub fn interrupt_on_signal(signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: the sigaction struct is zero-initialised then filled in; the handler is an
+    // async-signal-safe function that does nothing; the old action is not wanted.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        check(libc::sigaction(signal, &action, std::ptr::null_mut())).map(drop)
+    }
+}
+
+/// Safe wrapper for `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor of the same open file.
+pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}

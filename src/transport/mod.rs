@@ -28,6 +28,8 @@ pub struct InitRequest {
     pub passthrough: bool,
     /// Whether to serve over io_uring where the kernel offers it.
     pub uring: bool,
+    /// Whether fcntl and flock locks come to the daemon (see [`crate::locks`]).
+    pub locks: bool,
 }
 
 /// How the io_uring transport came out of INIT.
@@ -118,8 +120,14 @@ impl fuser::Filesystem for Handshake {
             F::FUSE_DONT_MASK,
             F::FUSE_SETXATTR_EXT,
         ];
-        if self.wanted.cache == Cache::Auto {
-            wanted.push(F::FUSE_AUTO_INVAL_DATA);
+        match self.wanted.cache {
+            Cache::Auto => wanted.push(F::FUSE_AUTO_INVAL_DATA),
+            // Files are opened for direct I/O; shared mmap must still work.
+            Cache::Never => wanted.push(F::FUSE_DIRECT_IO_ALLOW_MMAP),
+            Cache::Always => {}
+        }
+        if self.wanted.locks {
+            wanted.extend([F::FUSE_POSIX_LOCKS, F::FUSE_FLOCK_LOCKS]);
         }
         for cap in wanted {
             if config.add_capabilities(cap).is_err() {
@@ -271,6 +279,10 @@ impl Dispatcher {
         }
         match passthrough {
             None if self.cache.keep_page_cache() => open_flags |= fopen::KEEP_CACHE,
+            // Nothing cached means no page cache either: every read and write of a file
+            // served by the daemon reaches it, so a process changing BACKING directly
+            // is seen at once (a database used from both sides stays intact).
+            None if self.cache == Cache::Never => open_flags |= fopen::DIRECT_IO,
             None => {}
             Some(p) => {
                 open_flags |= fopen::PASSTHROUGH;
@@ -452,7 +464,7 @@ impl Dispatcher {
             Op::Removexattr { name } => {
                 reply_of(fs.removexattr(node, name, &caller), |()| Reply::Empty)
             }
-            Op::Flush { fh, .. } => reply_of(fs.flush(*fh), |()| Reply::Empty),
+            Op::Flush { fh, lock_owner } => reply_of(fs.flush(*fh, *lock_owner), |()| Reply::Empty),
             Op::Opendir { .. } => reply_of(fs.opendir(node, &caller), |(fh, _)| {
                 let open_flags = if self.cache.keep_page_cache() {
                     fopen::KEEP_CACHE | fopen::CACHE_DIR
@@ -520,10 +532,34 @@ impl Dispatcher {
             // fastfs forwards no ioctl: "not a typewriter", as for any file without them.
             Op::Ioctl { .. } => Reply::Error(libc::ENOTTY),
             Op::Syncfs => reply_of(fs.syncfs(), |()| Reply::Empty),
-            // Locks are kept by the kernel (FUSE_POSIX_LOCKS and FLOCK_LOCKS are not asked
-            // for); INTERRUPT needs no answer.
-            Op::Interrupt { .. } | Op::Destroy => return None,
-            Op::Getlk { .. } | Op::Setlk { .. } | Op::Unknown(_) => Reply::Error(libc::ENOSYS),
+            Op::Getlk {
+                fh, owner, lock, ..
+            } => reply_of(fs.getlk(*fh, *owner, *lock), Reply::Lock),
+            Op::Setlk {
+                fh,
+                owner,
+                lock,
+                lk_flags,
+                sleep,
+            } => reply_of(
+                fs.setlk(
+                    *fh,
+                    *owner,
+                    *lock,
+                    lk_flags & wire::LK_FLOCK != 0,
+                    sleep.then_some(h.unique),
+                    &caller,
+                ),
+                |()| Reply::Empty,
+            ),
+            // Only a request waiting for a lock can be interrupted; the others finish
+            // soon. The interrupted request is answered (EINTR), the INTERRUPT never.
+            Op::Interrupt { unique } => {
+                fs.interrupt(*unique);
+                return None;
+            }
+            Op::Destroy => return None,
+            Op::Unknown(_) => Reply::Error(libc::ENOSYS),
         })
     }
 

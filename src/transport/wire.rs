@@ -291,7 +291,7 @@ pub fn split_ring_request<'a>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileLock {
     pub start: u64,
-    /// Inclusive; `u64::MAX` (OFFSET_MAX) for "to the end".
+    /// Inclusive; `i64::MAX` (the kernel's OFFSET_MAX) for "to the end".
     pub end: u64,
     /// F_RDLCK, F_WRLCK or F_UNLCK.
     pub typ: u32,
