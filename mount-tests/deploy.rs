@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 
 use crate::common::*;
 
@@ -209,24 +208,6 @@ fn security_capabilities_survive_cp_preserve_all_and_acls_are_enforced() {
         "open\n",
         "{allowed:?}"
     );
-}
-
-/// Installs the mount(8) helper for the test and removes it afterwards.
-struct MountHelper(PathBuf);
-
-impl MountHelper {
-    fn install() -> Self {
-        let path = PathBuf::from("/sbin/mount.fuse.fastfs");
-        let _ = fs::remove_file(&path);
-        std::os::unix::fs::symlink(FASTFS, &path).unwrap();
-        MountHelper(path)
-    }
-}
-
-impl Drop for MountHelper {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod deploy;
 mod inodes;
 mod load;
 mod locks;
+mod native;
 mod ops;
 mod rsync;
 mod safety;

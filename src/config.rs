@@ -109,7 +109,6 @@ impl Cache {
 /// Options given with `-o`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
-    pub read_only: bool,
     /// Other users may use the mount. Permissions are checked either way: by the kernel
     /// (`default_permissions` and POSIX ACLs, always on) and by the backing filesystem,
     /// since the daemon acts as the caller.
@@ -120,12 +119,14 @@ pub struct MountOptions {
     pub cache: Cache,
     /// Whether `cache=` was given (otherwise a shared backing gets `cache=auto`).
     pub cache_given: bool,
-    /// Kernel mount flags beyond the defaults (`nosuid`, `nodev` are always set unless
-    /// `suid`/`dev` is given).
-    pub suid: bool,
-    pub dev: bool,
-    pub noexec: bool,
-    pub noatime: bool,
+    /// Kernel mount flags (`MS_*`): `nosuid` and `nodev` unless `suid`/`dev` is given,
+    /// and whatever generic flags the options name (see [`FLAG_OPTIONS`]).
+    pub flags: u64,
+    /// `remount`: change the flags of the fastfs already mounted at the mountpoint (what
+    /// mount(8) asks of the helper for `mount -o remount,...`).
+    pub remount: bool,
+    /// The flags the options named, set and cleared (in order): what a remount changes.
+    pub flags_named: (u64, u64),
     /// Keep inodes as file handles where the kernel allows it (`file_handles=auto`, the
     /// default), or always by descriptor (`file_handles=off`).
     pub file_handles: bool,
@@ -137,17 +138,15 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
-            read_only: false,
             allow_other: false,
             threads: 4,
             passthrough: Passthrough::Auto,
             uring: Uring::Auto,
             cache: Cache::Always,
             cache_given: false,
-            suid: false,
-            dev: false,
-            noexec: false,
-            noatime: false,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            remount: false,
+            flags_named: (0, 0),
             file_handles: true,
             forward_locks: true,
         }
@@ -156,9 +155,47 @@ impl Default for MountOptions {
 
 /// Options mount(8) and fstab add that mean nothing to fastfs itself.
 const IGNORED_OPTIONS: &[&str] = &[
-    "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev", "exec", "atime",
-    "relatime", "async",
+    "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",
 ];
+
+/// The generic mount flags every filesystem takes: option, flags it sets, flags it
+/// clears. `allow_dev` and `allow_suid` are `dev` and `suid` under names mount(8) passes
+/// on to the helper (it drops `dev`, `suid` and `exec` as defaults, so an fstab line
+/// could not say them).
+pub const FLAG_OPTIONS: &[(&str, u64, u64)] = &[
+    ("ro", libc::MS_RDONLY, 0),
+    ("rw", 0, libc::MS_RDONLY),
+    ("nosuid", libc::MS_NOSUID, 0),
+    ("suid", 0, libc::MS_NOSUID),
+    ("allow_suid", 0, libc::MS_NOSUID),
+    ("nodev", libc::MS_NODEV, 0),
+    ("dev", 0, libc::MS_NODEV),
+    ("allow_dev", 0, libc::MS_NODEV),
+    ("noexec", libc::MS_NOEXEC, 0),
+    ("exec", 0, libc::MS_NOEXEC),
+    ("noatime", libc::MS_NOATIME, 0),
+    ("atime", 0, libc::MS_NOATIME),
+    ("nodiratime", libc::MS_NODIRATIME, 0),
+    ("diratime", 0, libc::MS_NODIRATIME),
+    ("relatime", libc::MS_RELATIME, libc::MS_STRICTATIME),
+    ("norelatime", 0, libc::MS_RELATIME),
+    ("strictatime", libc::MS_STRICTATIME, libc::MS_RELATIME),
+    ("nostrictatime", 0, libc::MS_STRICTATIME),
+    ("lazytime", libc::MS_LAZYTIME, 0),
+    ("nolazytime", 0, libc::MS_LAZYTIME),
+    ("sync", libc::MS_SYNCHRONOUS, 0),
+    ("async", 0, libc::MS_SYNCHRONOUS),
+    ("dirsync", libc::MS_DIRSYNC, 0),
+    ("nosymfollow", libc::MS_NOSYMFOLLOW, 0),
+    ("symfollow", 0, libc::MS_NOSYMFOLLOW),
+];
+
+fn flag_option(name: &str) -> Option<(u64, u64)> {
+    FLAG_OPTIONS
+        .iter()
+        .find(|(option, _, _)| *option == name)
+        .map(|&(_, set, clear)| (set, clear))
+}
 
 impl MountOptions {
     /// Parses comma-separated option lists (each `-o` argument is one list).
@@ -171,8 +208,13 @@ impl MountOptions {
             };
             match (key, value) {
                 ("", None) => {}
-                ("ro", None) => o.read_only = true,
-                ("rw", None) => o.read_only = false,
+                (k, None) if flag_option(k).is_some() => {
+                    let (set, clear) = flag_option(k).expect("checked");
+                    o.flags = (o.flags & !clear) | set;
+                    let (named_set, named_clear) = o.flags_named;
+                    o.flags_named = ((named_set & !clear) | set, (named_clear & !set) | clear);
+                }
+                ("remount", None) => o.remount = true,
                 ("allow_other", None) => o.allow_other = true,
                 // Always on: the kernel checks permissions and ACLs for every caller.
                 ("default_permissions" | "acl", None) => {}
@@ -180,12 +222,6 @@ impl MountOptions {
                     "option 'noacl' is not supported: fastfs always enforces POSIX ACLs \
                      (without them the kernel would let users past deny entries)"
                 ),
-                ("suid", None) => o.suid = true,
-                ("nosuid", None) => o.suid = false,
-                ("dev", None) => o.dev = true,
-                ("nodev", None) => o.dev = false,
-                ("noexec", None) => o.noexec = true,
-                ("noatime", None) => o.noatime = true,
                 ("threads", Some(v)) => {
                     o.threads = match v.parse::<usize>() {
                         Ok(n) if (1..=64).contains(&n) => n,
@@ -225,21 +261,18 @@ impl MountOptions {
                 }
                 (k, None) if IGNORED_OPTIONS.contains(&k) || k.starts_with("x-") => {}
                 (k, _) if k.starts_with("x-") || k == "fsname" || k == "subtype" => {}
-                (
-                    "ro"
-                    | "rw"
-                    | "allow_other"
-                    | "default_permissions"
-                    | "suid"
-                    | "nosuid"
-                    | "dev"
-                    | "nodev"
-                    | "noexec"
-                    | "noatime"
-                    | "acl"
-                    | "noacl",
-                    Some(_),
-                ) => bail!("option '{key}' takes no value"),
+                // The kernel's own options of a FUSE mount, which mount(8) hands back to
+                // the helper with a remount: they are set by fastfs, not by the user.
+                ("user_id" | "group_id" | "rootmode" | "fd" | "max_read" | "blksize", Some(_)) => {}
+                (k, Some(_))
+                    if flag_option(k).is_some()
+                        || matches!(
+                            k,
+                            "allow_other" | "default_permissions" | "acl" | "noacl" | "remount"
+                        ) =>
+                {
+                    bail!("option '{key}' takes no value")
+                }
                 (
                     "threads" | "passthrough" | "uring" | "cache" | "file_handles" | "locks",
                     None,
@@ -363,7 +396,7 @@ mod tests {
     #[test]
     fn known_options_parse_and_allow_other_implies_default_permissions() {
         let o = MountOptions::parse(&["ro,allow_other", "threads=8,cache=never"]).unwrap();
-        assert!(o.read_only && o.allow_other);
+        assert!(o.flags & libc::MS_RDONLY != 0 && o.allow_other);
         assert_eq!(
             MountOptions::parse(&["acl,default_permissions"]).unwrap(),
             MountOptions::default()
@@ -386,6 +419,37 @@ mod tests {
             MountOptions::parse(&["defaults,nofail,x-systemd.automount"]).unwrap(),
             MountOptions::default()
         );
+    }
+
+    #[test]
+    fn generic_mount_flags_set_and_clear_their_bits() {
+        let flags = |list: &str| MountOptions::parse(&[list]).unwrap().flags;
+        let defaults = libc::MS_NOSUID | libc::MS_NODEV;
+        assert_eq!(flags(""), defaults);
+        assert_eq!(flags("suid,dev"), 0);
+        assert_eq!(flags("allow_suid,allow_dev"), 0);
+        assert_eq!(flags("ro,rw"), defaults);
+        assert_eq!(
+            flags("noatime,nodiratime,lazytime,sync,dirsync,nosymfollow,noexec"),
+            defaults
+                | libc::MS_NOATIME
+                | libc::MS_NODIRATIME
+                | libc::MS_LAZYTIME
+                | libc::MS_SYNCHRONOUS
+                | libc::MS_DIRSYNC
+                | libc::MS_NOSYMFOLLOW
+                | libc::MS_NOEXEC
+        );
+        assert_eq!(flags("strictatime,relatime"), defaults | libc::MS_RELATIME);
+        assert_eq!(
+            flags("relatime,strictatime"),
+            defaults | libc::MS_STRICTATIME
+        );
+        assert_eq!(flags("noatime,atime,sync,async,exec"), defaults);
+        let remount = MountOptions::parse(&["remount,ro,nosymfollow,rw"]).unwrap();
+        assert!(remount.remount);
+        assert_eq!(remount.flags_named, (libc::MS_NOSYMFOLLOW, libc::MS_RDONLY));
+        assert!(err(&["nodiratime=1"]).contains("takes no value"));
     }
 
     #[test]

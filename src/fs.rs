@@ -83,6 +83,30 @@ pub struct FsOptions {
     pub file_handles: bool,
     /// Take the mount's locks on the backing files (`-o locks=backing`).
     pub forward_locks: bool,
+    /// Which reads leave the backing files' access times alone.
+    pub atime: Atime,
+}
+
+/// The mount's `noatime` and `nodiratime`, applied to the backing files: they are opened
+/// with `O_NOATIME`, so neither the daemon's reads nor kernel passthrough I/O through
+/// them update the access time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Atime {
+    pub noatime: bool,
+    pub nodiratime: bool,
+}
+
+impl Atime {
+    pub fn of_mount_flags(flags: u64) -> Self {
+        Atime {
+            noatime: flags & libc::MS_NOATIME != 0,
+            nodiratime: flags & libc::MS_NODIRATIME != 0,
+        }
+    }
+
+    fn keeps_backing_atime(self, directory: bool) -> bool {
+        self.noatime || (directory && self.nodiratime)
+    }
 }
 
 impl FsOptions {
@@ -147,6 +171,7 @@ pub struct Fs {
     /// transport, which writes the notification).
     invalidate: std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>,
     pub(crate) locks: Locks,
+    atime: Atime,
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
@@ -241,6 +266,7 @@ impl Fs {
             orphans_released: Condvar::new(),
             invalidate: std::sync::OnceLock::new(),
             locks: Locks::new(options.forward_locks, options.lock_owners_per_user()),
+            atime: options.atime,
         })
     }
 
@@ -804,11 +830,29 @@ impl Fs {
     /// append-only (`chattr +a`), which refuses any other open for writing.
     pub(crate) fn reopen(&self, fd: &OwnedFd, flags: libc::c_int) -> io::Result<OwnedFd> {
         let path = sys::proc_fd_path(fd.as_fd());
-        match sys::openat(None, &path, flags & !STRIPPED_OPEN_FLAGS, 0) {
+        let directory = flags & libc::O_DIRECTORY != 0;
+        if !self.atime.keeps_backing_atime(directory) {
+            return self.reopen_path(&path, flags);
+        }
+        match self.reopen_path(&path, flags | libc::O_NOATIME) {
+            // O_NOATIME needs ownership or CAP_FOWNER: a caller who does not own the
+            // file opens it (with the permission check that is theirs), and the daemon
+            // then sets O_NOATIME on that open file, as a noatime mount does for anyone.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let fd = self.reopen_path(&path, flags)?;
+                self.with_daemon_rights(|| sys::set_noatime(fd.as_fd()))?;
+                Ok(fd)
+            }
+            other => other,
+        }
+    }
+
+    fn reopen_path(&self, path: &std::ffi::CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+        match sys::openat(None, path, flags & !STRIPPED_OPEN_FLAGS, 0) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_APPEND != 0 => {
                 sys::openat(
                     None,
-                    &path,
+                    path,
                     (flags & !STRIPPED_OPEN_FLAGS) | libc::O_APPEND,
                     0,
                 )
@@ -875,7 +919,11 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
-        let create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
+        let mut create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
+        // The creator owns the new file, so O_NOATIME is always allowed on it.
+        if self.atime.noatime {
+            create_flags |= libc::O_NOATIME;
+        }
         let mut vanished = 0;
         let (fd, path_fd) = loop {
             match sys::openat(
@@ -946,6 +994,7 @@ impl Fs {
     pub fn release(&self, fh: u64) -> io::Result<()> {
         if let Some(handle) = self.handles.remove(fh) {
             self.locks.release(handle.inode.id, fh);
+            self.refresh_times_after_mapped_writes(&handle);
         }
         Ok(())
     }
@@ -982,11 +1031,24 @@ impl Fs {
     pub fn flush(&self, fh: u64, lock_owner: u64) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
         self.locks.flush(handle.inode.id, lock_owner);
+        self.refresh_times_after_mapped_writes(&handle);
         sys::flush_by_dup_close(handle.fd())
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> io::Result<()> {
-        sys::fsync(self.handles.get(fh)?.fd(), datasync)
+        let handle = self.handles.get(fh)?;
+        self.refresh_times_after_mapped_writes(&handle);
+        sys::fsync(handle.fd(), datasync)
+    }
+
+    /// A write through a shared mapping of a passthrough file changes the backing file's
+    /// mtime and ctime (and size), but the kernel keeps the attributes it cached for the
+    /// FUSE inode: at close, msync/fsync and release of a file opened for writing, it is
+    /// told they are stale. (A write(2) through passthrough updates them itself.)
+    fn refresh_times_after_mapped_writes(&self, handle: &Handle) {
+        if handle.writes_by_passthrough() {
+            self.invalidate_attributes(handle.inode.id);
+        }
     }
 
     pub fn fallocate(
@@ -1104,6 +1166,7 @@ mod tests {
                 fd_limit: 1 << 16,
                 file_handles: true,
                 forward_locks: true,
+                atime: Atime::default(),
             },
         )
         .unwrap();

@@ -82,6 +82,9 @@ pub struct Handle {
     /// The inode's shared passthrough backing id (possibly registered through another
     /// handle's descriptor), kept alive while this handle is open.
     backing: OnceLock<Arc<BackingFile>>,
+    /// Opened for writing with kernel passthrough: writes through a shared mapping reach
+    /// the backing file without the kernel updating the times it caches.
+    writes_by_passthrough: std::sync::atomic::AtomicBool,
 }
 
 impl Handle {
@@ -98,6 +101,7 @@ impl Handle {
             file,
             dir_position: Mutex::new(()),
             backing: OnceLock::new(),
+            writes_by_passthrough: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -109,9 +113,18 @@ impl Handle {
         self.dir_position.lock()
     }
 
-    /// Keeps `id` alive for as long as this handle is open.
-    pub fn attach_backing(&self, id: Arc<BackingFile>) {
+    /// Keeps `id` alive for as long as this handle is open; `writable`: the handle was
+    /// opened for writing.
+    pub fn attach_backing(&self, id: Arc<BackingFile>, writable: bool) {
         let _ = self.backing.set(id);
+        self.writes_by_passthrough
+            .store(writable, Ordering::Relaxed);
+    }
+
+    /// Whether writes through this handle may reach the backing file behind the kernel's
+    /// cached attributes (mmap writes with kernel passthrough).
+    pub fn writes_by_passthrough(&self) -> bool {
+        self.writes_by_passthrough.load(Ordering::Relaxed)
     }
 }
 

@@ -47,6 +47,14 @@ use std::path::Path;
 
 pub use config::{Config, Error, MountOptions};
 
+/// Closes every descriptor above stderr that this process inherited (a daemon keeps
+/// only what it opens itself).
+pub fn close_inherited_descriptors() {
+    if let Err(e) = sys::close_inherited() {
+        eprintln!("fastfs: cannot close inherited descriptors: {e}");
+    }
+}
+
 /// An I/O error's message without the "(os error N)" suffix.
 pub fn describe_io_error(err: &std::io::Error) -> String {
     let text = err.to_string();
@@ -60,6 +68,11 @@ pub fn describe_io_error(err: &std::io::Error) -> String {
 /// away. Otherwise it returns as soon as the mount is live, leaving a detached daemon
 /// to serve it; errors before that point are returned here, so the caller can report them.
 pub fn run(config: &Config, foreground: bool) -> Result<(), Error> {
+    if config.options.remount {
+        return mount::remount(config);
+    }
+    // The paths are absolute by now: the daemon keeps no directory of its caller's busy.
+    sys::chdir_root().map_err(|e| Error(format!("cannot change to /: {e}")))?;
     if foreground {
         return mount::serve(config, || {});
     }

@@ -99,6 +99,7 @@ fn mount_helper_args(args: Vec<String>) -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    fastfs::close_inherited_descriptors();
     let args: Vec<String> = std::env::args().collect();
     let invoked_as = args
         .first()

@@ -20,9 +20,6 @@ use crate::{describe_io_error, sys};
 
 const SHUTDOWN_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
-/// How long open files may keep a lazily unmounted session alive after a signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
 /// Unmounts `target`; if files are still open there, detaches it lazily instead.
 pub fn unmount(target: &CStr) -> io::Result<()> {
     match sys::umount2(target, 0) {
@@ -57,23 +54,6 @@ fn mount_data(config: &Config, dev_fd: i32, root_mode: u32) -> String {
     // capabilities, which a request does not carry to the daemon).
     data.push_str(",default_permissions");
     data
-}
-
-fn mount_flags(config: &Config) -> u64 {
-    let o = &config.options;
-    let mut flags = 0;
-    for (set, flag) in [
-        (o.read_only, libc::MS_RDONLY),
-        (!o.suid, libc::MS_NOSUID),
-        (!o.dev, libc::MS_NODEV),
-        (o.noexec, libc::MS_NOEXEC),
-        (o.noatime, libc::MS_NOATIME),
-    ] {
-        if set {
-            flags |= flag;
-        }
-    }
-    flags
 }
 
 fn cstring(path: &std::path::Path) -> Result<CString, Error> {
@@ -126,7 +106,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
             ))
         })?;
     }
-    let root = sys::openat(None, &backing, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| {
+    let root = backing_root(&backing, config.options.flags).map_err(|e| {
         Error(format!(
             "backing directory {}: {}",
             config.backing.display(),
@@ -157,6 +137,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
                 fd_limit,
                 file_handles: config.options.file_handles,
                 forward_locks: config.options.forward_locks,
+                atime: crate::fs::Atime::of_mount_flags(config.options.flags),
             },
         )
         .map_err(|e| Error(format!("backing directory: {e}")))?,
@@ -178,7 +159,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         &backing,
         &target,
         c"fuse.fastfs",
-        mount_flags(config),
+        config.options.flags,
         &data,
     )
     .map_err(|e| {
@@ -296,6 +277,99 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     result.map_err(|e| Error(format!("serving the mount failed: {e}")))
 }
 
+/// BACKING's root, opened as `O_PATH`. When the mount asks for its own atime rule
+/// (`noatime`, `nodiratime`, `strictatime`), the root is that of a private, detached
+/// copy of BACKING's mount tree carrying the rule: every backing file is reached through
+/// it, so the backing filesystem applies the rule to every access, including kernel
+/// passthrough reads (whose backing files are opened with the reader's flags, not the
+/// daemon's). Where no copy can be made (no CAP_SYS_ADMIN over BACKING's mount), the
+/// daemon's own opens still use `O_NOATIME` (see `fs::Atime`).
+fn backing_root(backing: &CStr, flags: u64) -> io::Result<OwnedFd> {
+    let atime_rule = flags & (libc::MS_NOATIME | libc::MS_NODIRATIME | libc::MS_STRICTATIME);
+    if atime_rule != 0 {
+        let mut set = 0;
+        if flags & libc::MS_NOATIME != 0 {
+            set |= libc::MOUNT_ATTR_NOATIME;
+        } else if flags & libc::MS_STRICTATIME != 0 {
+            set |= libc::MOUNT_ATTR_STRICTATIME;
+        }
+        if flags & libc::MS_NODIRATIME != 0 {
+            set |= libc::MOUNT_ATTR_NODIRATIME;
+        }
+        // Without NOATIME or STRICTATIME, the copy keeps relatime (MOUNT_ATTR_RELATIME
+        // is 0 within the atime field).
+        let cleared = libc::MOUNT_ATTR__ATIME | libc::MOUNT_ATTR_NODIRATIME;
+        match sys::open_tree_clone(backing)
+            .and_then(|tree| sys::mount_setattr(tree.as_fd(), set, cleared).map(|()| tree))
+        {
+            Ok(tree) => return Ok(tree),
+            Err(e) => log::warn!(
+                "cannot give BACKING the mount's atime rule ({e}): only the daemon's own \
+                 reads follow it, not kernel passthrough"
+            ),
+        }
+    }
+    sys::openat(None, backing, libc::O_PATH | libc::O_DIRECTORY, 0)
+}
+
+/// The per-mount flags `statvfs` reports (`ST_*`), as `mount(2)` flags.
+fn flags_of(st: &libc::statvfs) -> u64 {
+    // Not in the libc crate: statvfs.h's ST_NOSYMFOLLOW (Linux 5.10).
+    const ST_NOSYMFOLLOW: u64 = 0x2000;
+    const ST_TO_MS: [(u64, u64); 9] = [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_SYNCHRONOUS, libc::MS_SYNCHRONOUS),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+        (ST_NOSYMFOLLOW, libc::MS_NOSYMFOLLOW),
+    ];
+    let flags = st.f_flag;
+    ST_TO_MS
+        .iter()
+        .filter(|(st_flag, _)| flags & st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | ms)
+}
+
+/// `mount -o remount,...`: changes the flags the options name on the fastfs mounted at
+/// the mountpoint and keeps the others (mount(2) with MS_REMOUNT replaces every
+/// per-mount flag, so the current ones are read first).
+pub fn remount(config: &Config) -> Result<(), Error> {
+    let target = cstring(&config.mountpoint)?;
+    let fastfs_here = mounts_with_type()
+        .into_iter()
+        .rev()
+        .find(|(point, _)| point.as_slice() == config.mountpoint.as_os_str().as_bytes())
+        .is_some_and(|(_, fstype)| fstype == "fuse.fastfs");
+    if !fastfs_here {
+        return Err(Error(format!(
+            "remount: {} is not a fastfs mount",
+            config.mountpoint.display()
+        )));
+    }
+    let current =
+        sys::statvfs(&target).map_err(|e| Error(format!("remount: {}", describe_io_error(&e))))?;
+    let (set, clear) = config.options.flags_named;
+    let flags = (flags_of(&current) & !clear) | set;
+    sys::mount(
+        &cstring(&config.backing)?,
+        &target,
+        c"fuse.fastfs",
+        libc::MS_REMOUNT | flags,
+        c"",
+    )
+    .map_err(|e| {
+        Error(format!(
+            "cannot remount {}: {}",
+            config.mountpoint.display(),
+            describe_io_error(&e)
+        ))
+    })
+}
+
 /// Whether the kernel offers FUSE over io_uring to new mounts (`fuse.enable_uring`).
 fn uring_enabled_in_kernel() -> bool {
     std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
@@ -333,6 +407,21 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// `(mount point, filesystem type)` of every mount in this namespace, in mount order.
+fn mounts_with_type() -> Vec<(Vec<u8>, String)> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let point = line.split(' ').nth(4)?;
+            // After the optional fields, " - " separates the filesystem type.
+            let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
+            Some((unescape_mountinfo(point), fstype.to_string()))
+        })
+        .collect()
 }
 
 /// `(mount id, mount point)` of every mount in this namespace.
@@ -402,20 +491,23 @@ fn spawn_signal_thread(target: CString) -> Result<(), Error> {
     std::thread::Builder::new()
         .name("fastfs-signals".into())
         .spawn(move || {
-            let sig = match sys::wait_signal(&SHUTDOWN_SIGNALS) {
-                Ok(sig) => sig,
+            let wait = || match sys::wait_signal(&SHUTDOWN_SIGNALS) {
+                Ok(sig) => Some(sig),
                 Err(e) => {
                     log::error!("waiting for signals failed: {e}");
-                    return;
+                    None
                 }
             };
+            let Some(sig) = wait() else { return };
             log::info!("signal {sig}: unmounting {target:?}");
             if let Err(e) = unmount(&target) {
                 log::error!("cannot unmount {target:?}: {e}");
             }
-            // A lazily detached mount lives on while files are open; do not wait forever.
-            std::thread::sleep(SHUTDOWN_GRACE);
-            log::warn!("files still open after unmount; exiting");
+            // Unmounted lazily while files are open: the mount is gone from the namespace
+            // but serves them until the last is closed, when the kernel ends the
+            // connection and the request threads return. A second signal ends it now.
+            let Some(sig) = wait() else { return };
+            log::warn!("signal {sig} again: exiting while files are still open");
             std::process::exit(0);
         })
         .map(drop)

@@ -218,9 +218,9 @@ impl Passthrough {
                 }
             }
         };
-        handle.attach_backing(backing.clone());
-        fs.stats.count(&fs.stats.passthrough_opens, 1);
         let writes = open_flags & libc::O_ACCMODE != libc::O_RDONLY;
+        handle.attach_backing(backing.clone(), writes);
+        fs.stats.count(&fs.stats.passthrough_opens, 1);
         Some(PassthroughOpen {
             backing,
             reads_and_writes_in_daemon: writes && registrant != (caller.uid, caller.gid),

@@ -420,6 +420,15 @@ pub fn statfs(path: &CStr) -> io::Result<libc::statfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// Safe wrapper for `statvfs(3)`.
+pub fn statvfs(path: &CStr) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated; `st` is valid for writes of one statvfs.
+    check(unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statvfs succeeded.
+    Ok(unsafe { st.assume_init() })
+}
+
 /// Safe wrapper for `mount(2)`.
 pub fn mount(
     source: &CStr,
@@ -945,4 +954,84 @@ pub fn interrupt_on_signal(signal: libc::c_int) -> io::Result<()> {
 /// Safe wrapper for `fcntl(F_DUPFD_CLOEXEC)`: a new descriptor of the same open file.
 pub fn dup_cloexec(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
+}
+
+/// Closes the descriptors above stderr that this process inherited across exec: those
+/// without FD_CLOEXEC. Every descriptor fastfs (and the standard library) opens has
+/// FD_CLOEXEC, so none of them is touched.
+pub fn close_inherited() -> io::Result<()> {
+    let listing = std::fs::read_dir("/proc/self/fd")?;
+    let fds: Vec<RawFd> = listing
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD reads the flags of any descriptor number; a number that is not
+        // open (the directory listing's own, closed by now) fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+            // SAFETY: a descriptor without FD_CLOEXEC was inherited (see above): no
+            // OwnedFd or File of this process owns it.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// `chdir("/")`.
+pub fn chdir_root() -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal.
+    check(unsafe { libc::chdir(c"/".as_ptr()) }).map(drop)
+}
+
+/// Adds `O_NOATIME` to an open file's status flags (`fcntl(F_SETFL)`; needs ownership of
+/// the file or CAP_FOWNER at the time of the call).
+pub fn set_noatime(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL take and return plain integers.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NOATIME) }).map(drop)
+}
+
+/// A detached copy of the mount tree at `path` (`open_tree(OPEN_TREE_CLONE |
+/// AT_RECURSIVE)`), as an `O_PATH`-like descriptor of its root: the same files, under
+/// mount flags of its own. Needs CAP_SYS_ADMIN in the mount's user namespace.
+pub fn open_tree_clone(path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `path` is NUL-terminated and outlives the call; on success the kernel hands
+    // us a new descriptor that nothing else owns.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32,
+        )
+    };
+    let fd = check(fd as libc::c_int)?;
+    // SAFETY: `fd` was just returned by open_tree and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Safe wrapper for `mount_setattr(2)` on the whole tree of `mount` (a descriptor from
+/// [`open_tree_clone`]): sets `attr_set` after clearing `attr_clr` (`MOUNT_ATTR_*`).
+pub fn mount_setattr(mount: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set,
+        attr_clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is an empty NUL-terminated literal, `attr` is a valid mount_attr
+    // whose size is passed, and both outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(ret as libc::c_int).map(drop)
 }

@@ -468,6 +468,33 @@ impl Drop for Unmount {
     }
 }
 
+/// The mount(8) helper `/sbin/mount.fuse.fastfs`, installed for one test at a time and
+/// removed afterwards.
+pub struct MountHelper {
+    path: PathBuf,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl MountHelper {
+    pub fn install() -> Self {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let path = PathBuf::from("/sbin/mount.fuse.fastfs");
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(FASTFS, &path).unwrap();
+        MountHelper {
+            path,
+            _one_at_a_time: guard,
+        }
+    }
+}
+
+impl Drop for MountHelper {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// A tmpfs mounted on `path` (which must exist), unmounted on drop.
 pub struct Tmpfs {
     pub path: PathBuf,
