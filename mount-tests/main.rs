@@ -11,6 +11,7 @@ mod cli;
 mod copy;
 mod deploy;
 mod inodes;
+mod juicefs;
 mod load;
 mod locks;
 mod native;

@@ -325,3 +325,76 @@ fn writes_through_a_shared_mapping_move_mtime_and_ctime_as_natively() {
         );
     }
 }
+
+/// Makes file handles of `dir/f` and `dir/d` (with `dir/d/inner`), drops the kernel's
+/// caches, and opens them again by handle: returns what `f` then reads and what `d`
+/// lists, or the errno.
+fn open_by_handle_after_drop_caches(
+    dir: &Path,
+) -> (Result<Vec<u8>, i32>, Result<Vec<String>, i32>) {
+    use std::os::fd::AsFd;
+    fs::write(dir.join("f"), b"by handle").unwrap();
+    fs::create_dir(dir.join("d")).unwrap();
+    fs::write(dir.join("d/inner"), b"").unwrap();
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let dir_fd = fastfs::sys::openat(None, &c(dir), libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+    let (f_type, f_handle) = fastfs::sys::name_to_handle_at(dir_fd.as_fd(), c"f", 0).unwrap();
+    let (d_type, d_handle) = fastfs::sys::name_to_handle_at(dir_fd.as_fd(), c"d", 0).unwrap();
+    drop_caches();
+    let file = fastfs::sys::open_by_handle_at(dir_fd.as_fd(), f_type, &f_handle, libc::O_RDONLY)
+        .map(fs::File::from)
+        .map(|mut f| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut data).unwrap();
+            data
+        })
+        .map_err(|e| e.raw_os_error().unwrap());
+    let listing = fastfs::sys::open_by_handle_at(
+        dir_fd.as_fd(),
+        d_type,
+        &d_handle,
+        libc::O_RDONLY | libc::O_DIRECTORY,
+    )
+    .map(|fd| {
+        let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        let mut names: Vec<String> = fs::read_dir(path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    })
+    .map_err(|e| e.raw_os_error().unwrap());
+    (file, listing)
+}
+
+#[test]
+fn file_handles_made_through_the_mount_open_after_the_kernel_drops_the_inodes() {
+    let m = Mounted::new();
+    let native = open_by_handle_after_drop_caches(&m.native_dir("native"));
+    assert_eq!(
+        native,
+        (Ok(b"by handle".to_vec()), Ok(vec!["inner".to_string()]))
+    );
+    let before = m.stats()["inodes"];
+    let through = open_by_handle_after_drop_caches(&m.mnt);
+    assert_eq!(through, native);
+    assert!(
+        m.stats()["requests.forget"] + m.stats()["requests.batch_forget"] > 0,
+        "the kernel forgot nothing: the test did not test revival (inodes {before})"
+    );
+    // A deleted file's handle is stale, as natively.
+    let c = |p: &Path| std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    use std::os::fd::AsFd;
+    let dir_fd =
+        fastfs::sys::openat(None, &c(&m.mnt), libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+    fs::write(m.m("doomed"), b"").unwrap();
+    let (t, h) = fastfs::sys::name_to_handle_at(dir_fd.as_fd(), c"doomed", 0).unwrap();
+    fs::remove_file(m.b("doomed")).unwrap();
+    drop_caches();
+    let stale = fastfs::sys::open_by_handle_at(dir_fd.as_fd(), t, &h, libc::O_RDONLY);
+    assert_eq!(
+        stale.map(drop).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ESTALE))
+    );
+}

@@ -151,6 +151,8 @@ pub struct Fs {
     mount_fd: Option<OwnedFd>,
     /// The mount the backing root is on.
     root_mnt: u64,
+    /// `(mount, device, inode number)` of the backing root.
+    root_ident: (u64, u64, u64),
     /// The backing root's device, if it is a local disk or memory filesystem (on which a
     /// close needs no flush request: nothing is written back or reported at close).
     local_root_dev: Option<u64>,
@@ -255,6 +257,7 @@ impl Fs {
             fds: FdCache::new(options.cache_capacity()),
             mount_fd,
             root_mnt: root_st.mnt_id,
+            root_ident: ident(&root_st),
             local_root_dev,
             handles: HandleTable::new(sys::effective_ids().0, options.handles_per_user()),
             stats: Stats::default(),
@@ -436,6 +439,12 @@ impl Fs {
     /// Counts a lookup of the object `fd` (an `O_PATH` descriptor) refers to.
     fn remember_opened(&self, fd: OwnedFd) -> io::Result<Entry> {
         let st = sys::statx(fd.as_fd(), c"", libc::AT_EMPTY_PATH)?;
+        // The backing root reached by a name ("..", a path the kernel reconnects) is the
+        // root node: under another node id its own ".." would lead out of BACKING.
+        if ident(&st) == self.root_ident {
+            drop(fd);
+            return self.add_lookup(self.inodes.root().clone());
+        }
         // An object whose descriptor is cached is known by its numbers alone.
         if let Some(id) = self.fds.pinned(ident(&st))
             && let Some(inode) = self.inodes.add_lookup_of(id)
@@ -502,7 +511,13 @@ impl Fs {
     }
 
     pub fn lookup(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<Entry> {
-        let parent = self.inodes.get(parent)?;
+        let parent = match self.inodes.get(parent) {
+            // "." of a node the kernel forgot: a file handle made through the mount is
+            // being opened (FUSE_EXPORT_SUPPORT). The object is reopened from its backing
+            // handle by `add_lookup` (ESTALE if it no longer exists).
+            Err(e) if name.as_bytes() == b"." => self.inodes.revive(parent).ok_or(e)?,
+            other => other?,
+        };
         let parent_fd = self.path_fd(&parent)?;
         let _as = self.creds.act_as(caller)?;
         match name.as_bytes() {

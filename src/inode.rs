@@ -27,13 +27,17 @@
 //! [`InodeTable::remember`] or [`InodeTable::add_lookup`], made before the reply is sent.
 //! FORGET subtracts its count through [`InodeTable::forget`]; at zero the inode leaves the
 //! table (and the descriptor cache), and its descriptor, if it holds one, closes once the
-//! last in-flight request drops its `Arc`. The root is never removed.
+//! last in-flight request drops its `Arc`. The root is never removed. An inode kept as a
+//! handle is remembered after that as forgotten ("ghost"), with its node id: a file
+//! handle made through the mount carries the node id, and the kernel asks the daemon to
+//! resolve it again (FUSE_EXPORT_SUPPORT); a later lookup of the object by name gets the
+//! same node id back.
 //!
 //! # Locking
 //! The table's mutex and the descriptor cache's mutex are never held together, across a
 //! system call, or across a reply; descriptors are closed after the locks are released.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -169,7 +173,16 @@ struct Tables {
     /// pruning; the count of them is the descriptors they hold.
     recency: HashMap<NodeId, u64>,
     clock: u64,
+    /// Inodes kept as handles that the kernel forgot, by node id and by key hash, oldest
+    /// first in `ghost_order` (see [`InodeTable::revive`]).
+    ghosts: HashMap<NodeId, Arc<Inode>>,
+    ghost_by_key: HashMap<u64, NodeId>,
+    ghost_order: VecDeque<NodeId>,
 }
+
+/// Forgotten inodes remembered for file handles made through the mount (about 150 bytes
+/// each); past this the oldest are dropped, and their handles become stale.
+const GHOST_LIMIT: usize = 1 << 17;
 
 pub struct InodeTable {
     root: Arc<Inode>,
@@ -218,6 +231,9 @@ impl InodeTable {
                 synthetic: HashMap::new(),
                 recency: HashMap::new(),
                 clock: 0,
+                ghosts: HashMap::new(),
+                ghost_by_key: HashMap::new(),
+                ghost_order: VecDeque::new(),
             }),
             descriptor_released: Condvar::new(),
         })
@@ -301,10 +317,27 @@ impl InodeTable {
             drop(fresh);
             return inode;
         }
-        let id = t.next_id;
-        t.next_id += 1;
-        let inode = Arc::new(Inode { id, ..fresh });
-        let hash = self.hasher.hash_one(inode.key());
+        let hash = self.hasher.hash_one(fresh.key());
+        // An object the kernel forgot gets its node id back, so that a file handle made
+        // through the mount and the name lead to one node.
+        let ghost = t
+            .ghost_by_key
+            .get(&hash)
+            .and_then(|id| t.ghosts.get(id))
+            .filter(|ghost| ghost.key() == fresh.key())
+            .cloned();
+        let inode = match ghost {
+            Some(ghost) => {
+                Self::unghost(&mut t, ghost.id, hash);
+                ghost
+            }
+            None => {
+                let id = t.next_id;
+                t.next_id += 1;
+                Arc::new(Inode { id, ..fresh })
+            }
+        };
+        let id = inode.id;
         if let std::collections::hash_map::Entry::Vacant(slot) = t.by_key.entry(hash) {
             slot.insert(id);
         } else {
@@ -351,6 +384,7 @@ impl InodeTable {
         }
         // Forgotten in between: put it back (its node id is still its own).
         let hash = self.hasher.hash_one(inode.key());
+        Self::unghost(&mut t, inode.id, hash);
         match t.by_key.get(&hash) {
             None => {
                 t.by_key.insert(hash, inode.id);
@@ -399,7 +433,47 @@ impl InodeTable {
         if t.recency.remove(&id).is_some() {
             self.descriptor_released.notify_all();
         }
+        if matches!(slot.inode.identity, Identity::Handle(_)) {
+            t.ghosts.insert(id, slot.inode.clone());
+            t.ghost_by_key.insert(hash, id);
+            t.ghost_order.push_back(id);
+            while t.ghosts.len() > GHOST_LIMIT {
+                let Some(oldest) = t.ghost_order.pop_front() else {
+                    break;
+                };
+                if let Some(gone) = t.ghosts.remove(&oldest) {
+                    let gone_hash = self.hasher.hash_one(gone.key());
+                    if t.ghost_by_key.get(&gone_hash) == Some(&oldest) {
+                        t.ghost_by_key.remove(&gone_hash);
+                    }
+                }
+            }
+        }
         Some(slot.inode)
+    }
+
+    fn unghost(t: &mut Tables, id: NodeId, hash: u64) {
+        t.ghosts.remove(&id);
+        if t.ghost_by_key.get(&hash) == Some(&id) {
+            t.ghost_by_key.remove(&hash);
+        }
+        // Its place in `ghost_order` is skipped when it comes up.
+        if t.ghost_order.len() > 2 * GHOST_LIMIT {
+            let ghosts = &t.ghosts;
+            t.ghost_order.retain(|id| ghosts.contains_key(id));
+        }
+    }
+
+    /// The inode the kernel forgot under node id `id`, taken back out of the forgotten
+    /// ones (not yet counted: [`Self::add_lookup`] puts it back in the table). The kernel
+    /// asks for it (a LOOKUP of "." in `id`) when a file handle made through the mount
+    /// is opened after it dropped the inode (`open_by_handle_at`, an NFS export).
+    pub fn revive(&self, id: NodeId) -> Option<Arc<Inode>> {
+        let mut t = self.tables.lock();
+        let ghost = t.ghosts.get(&id)?.clone();
+        let hash = self.hasher.hash_one(ghost.key());
+        Self::unghost(&mut t, id, hash);
+        Some(ghost)
     }
 
     /// Number of inodes in the table (the root included), and how many of them hold a
@@ -664,6 +738,34 @@ mod tests {
 
     fn table(dir: &std::path::Path) -> InodeTable {
         InodeTable::new(open_path(dir).0).unwrap()
+    }
+
+    #[test]
+    fn a_forgotten_handle_inode_keeps_its_node_id_for_revival_and_relookup() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let t = table(dir.path());
+        let a = t.remember(by_handle(&dir.path().join("a")));
+        let b = t.remember(by_handle(&dir.path().join("b")));
+        assert!(t.forget(a.id, 1).is_some() && t.forget(b.id, 1).is_some());
+        assert_eq!(t.get(a.id).unwrap_err().raw_os_error(), Some(libc::ESTALE));
+        // Looked up by name again: the same node id.
+        assert_eq!(t.remember(by_handle(&dir.path().join("a"))).id, a.id);
+        assert!(t.revive(a.id).is_none(), "a is known again, not a ghost");
+        // Asked for by node id (an exported file handle): the ghost comes back once.
+        let revived = t.revive(b.id).expect("b is remembered");
+        assert_eq!((revived.id, revived.ino), (b.id, b.ino));
+        assert!(t.revive(b.id).is_none());
+        t.add_lookup(&revived);
+        assert!(t.get(b.id).is_ok());
+        // Descriptor-held inodes cannot be reopened once forgotten: no ghost.
+        let d_path = dir.path().join("d");
+        std::fs::write(&d_path, b"").unwrap();
+        let d = t.remember(by_descriptor(&d_path));
+        t.forget(d.id, 1);
+        assert!(t.revive(d.id).is_none());
     }
 
     #[test]

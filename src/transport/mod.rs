@@ -119,6 +119,10 @@ impl fuser::Filesystem for Handshake {
             // umask: a default ACL of the parent then replaces the umask, as natively.
             F::FUSE_DONT_MASK,
             F::FUSE_SETXATTR_EXT,
+            // File handles made through the mount (name_to_handle_at, an NFS export)
+            // still open after the kernel dropped the inode: it asks for "." of the
+            // node id they carry (see inode::InodeTable::revive).
+            F::FUSE_EXPORT_SUPPORT,
         ];
         match self.wanted.cache {
             Cache::Auto => wanted.push(F::FUSE_AUTO_INVAL_DATA),
