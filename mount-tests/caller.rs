@@ -173,8 +173,14 @@ print(opened, taken, denied, other)
 
 /// Bytes an unprivileged `dd` writes to `path` before ENOSPC (its stderr must say so).
 fn bytes_until_enospc(path: &Path) -> u64 {
+    bytes_until_enospc_as(path, "")
+}
+
+/// [`bytes_until_enospc`] run under `wrapper` (e.g. `unshare -Ur`: nobody as the root of
+/// a user namespace of its own, with every capability there and none outside).
+fn bytes_until_enospc_as(path: &Path, wrapper: &str) -> u64 {
     let out = as_nobody(&format!(
-        "dd if=/dev/zero of={} bs=64k 2>&1 >/dev/null; stat -c %s {}",
+        "{wrapper} dd if=/dev/zero of={} bs=64k 2>&1 >/dev/null; stat -c %s {}",
         path.display(),
         path.display()
     ));
@@ -223,6 +229,15 @@ fn an_unprivileged_user_meets_the_root_reserve_as_natively() {
     assert!(
         native.abs_diff(through) <= 1 << 20,
         "natively {native} bytes, through fastfs {through}"
+    );
+    // The root of a user namespace of nobody's has CAP_SYS_RESOURCE there only: not over
+    // the reserve of the daemon's namespace.
+    fs::remove_file(m.m("data/fill")).unwrap();
+    wait_for_free_space(&small.path, empty - (1 << 20));
+    let in_userns = bytes_until_enospc_as(&m.m("data/fill"), "unshare -Ur");
+    assert!(
+        native.abs_diff(in_userns) <= 1 << 20,
+        "natively {native} bytes, through fastfs as a user namespace's root {in_userns}"
     );
     // So are writes to a file root holds open (with kernel passthrough, root's open
     // registered the backing file first, with root's credentials).
@@ -373,6 +388,26 @@ fn a_native_chmod_takes_effect_at_the_next_open_in_every_cache_mode() {
         fs::set_permissions(m.b("doc"), fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(nobody_ok(&format!("cat {doc}")), "shared\n", "{cache}");
     }
+}
+
+/// The root of a user namespace of nobody's holds every capability there, none outside:
+/// through the mount it gets nothing beyond nobody's rights on the daemon's files (the
+/// daemon must not take its capability set as its own), here a file made root's 0600
+/// behind the kernel's cached attributes.
+#[test]
+fn a_user_namespace_root_gains_nothing_from_its_namespace_capabilities() {
+    let m = shared_mount(&["cache=always"]);
+    fs::write(m.b("doc"), b"shared\n").unwrap();
+    fs::set_permissions(m.b("doc"), fs::Permissions::from_mode(0o644)).unwrap();
+    let doc = m.m("doc").display().to_string();
+    assert_eq!(nobody_ok(&format!("unshare -Ur cat {doc}")), "shared\n");
+    fs::set_permissions(m.b("doc"), fs::Permissions::from_mode(0o600)).unwrap();
+    nobody_denied(&format!("unshare -Ur cat {doc}"), "Permission denied");
+    nobody_denied(
+        &format!("unshare -Ur sh -c 'echo x >> {doc}'"),
+        "Permission denied",
+    );
+    assert_eq!(fs::read(m.b("doc")).unwrap(), b"shared\n");
 }
 
 /// Root without CAP_FSETID drops set-id bits when it truncates, natively; without

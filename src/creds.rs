@@ -85,6 +85,8 @@ thread_local! {
 /// The daemon's own identity, and the cache of what callers' `/proc` status says.
 pub struct Credentials {
     daemon: Identity,
+    /// The daemon's user namespace (the inode number of `/proc/self/ns/user`).
+    user_ns: Option<u64>,
     cache: Mutex<HashMap<Caller, CachedStatus>>,
     /// Identity changes made by serving threads.
     switches: AtomicU64,
@@ -152,6 +154,7 @@ impl Credentials {
                 // The daemon may raise anything it is permitted.
                 caps: sys::thread_capabilities()?.permitted,
             },
+            user_ns: user_namespace("self"),
             cache: Mutex::new(HashMap::new()),
             switches: AtomicU64::new(0),
         })
@@ -301,9 +304,19 @@ impl Credentials {
         {
             return hit.ids.clone();
         }
-        let ids = std::fs::read(format!("/proc/{}/status", caller.pid))
+        let mut ids = std::fs::read(format!("/proc/{}/status", caller.pid))
             .ok()
             .and_then(|status| ids_from_status(&status, caller.uid, caller.gid));
+        // Capabilities are relative to the caller's user namespace: the root of a
+        // container's namespace has a full set there, which means nothing for files of
+        // the daemon's namespace (and must not become the daemon's CAP_DAC_OVERRIDE or
+        // CAP_SYS_RESOURCE). The kernel made its own namespace-aware checks already.
+        if let Some(found) = ids.as_mut()
+            && found.caps != 0
+            && user_namespace(&caller.pid.to_string()) != self.user_ns
+        {
+            found.caps = 0;
+        }
         let mut cache = self.cache.lock();
         if cache.len() >= STATUS_CACHE_LIMIT {
             cache.clear();
@@ -317,6 +330,15 @@ impl Credentials {
         );
         ids
     }
+}
+
+/// The user namespace of process `pid` ("self" for this one): the inode number of its
+/// `/proc/PID/ns/user`.
+fn user_namespace(pid: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/user"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// The supplementary groups and effective capabilities in a `/proc/PID/status` text, if
