@@ -90,6 +90,37 @@ fn a_write_by_another_user_clears_set_user_id() {
 }
 
 #[test]
+fn root_keeps_its_rights_on_threads_that_served_another_user() {
+    // Every serving thread acts as some caller and keeps that identity until the next
+    // request: a root request that lands on a thread that last served nobody must still
+    // be root's, with root's capabilities (the CI found chown refused this way).
+    let m = shared_mount();
+    let mnt = m.mnt.display().to_string();
+    sh(&format!("mkdir {mnt}/pub && chmod 1777 {mnt}/pub"));
+    for round in 0..40 {
+        nobody_ok(&format!(
+            "touch {mnt}/pub/n{round} && stat {mnt}/pub/n{round} {mnt}/pub >/dev/null"
+        ));
+        sh(&format!(
+            "chown 100:100 {mnt}/pub/n{round} && touch {mnt}/r{round} && \
+             chmod 4755 {mnt}/r{round} && echo x >> {mnt}/r{round}"
+        ));
+        let st = fs::metadata(m.b(&format!("pub/n{round}"))).unwrap();
+        assert_eq!(
+            (st.uid(), st.gid()),
+            (100, 100),
+            "root's chown, round {round}"
+        );
+        let st = fs::metadata(m.b(&format!("r{round}"))).unwrap();
+        assert_eq!(
+            st.mode() & 0o7777,
+            0o4755,
+            "root's write kept set-user-id, round {round}"
+        );
+    }
+}
+
+#[test]
 fn nothing_escapes_the_backing_directory() {
     let m = Mounted::new();
     std::os::unix::fs::symlink("/etc", m.b("etc-link")).unwrap();

@@ -313,7 +313,7 @@ impl Credentials {
         // CAP_SYS_RESOURCE). The kernel made its own namespace-aware checks already.
         if let Some(found) = ids.as_mut()
             && found.caps != 0
-            && user_namespace(&caller.pid.to_string()) != self.user_ns
+            && self.namespace_of(caller.pid) != self.user_ns
         {
             found.caps = 0;
         }
@@ -329,6 +329,18 @@ impl Credentials {
             },
         );
         ids
+    }
+}
+
+impl Credentials {
+    /// The user namespace of process `pid`, read with the daemon's rights: opening
+    /// `/proc/PID/ns/user` needs ptrace access to the process, which the thread lacks
+    /// while it acts as another user (then every root caller would lose its
+    /// capabilities).
+    fn namespace_of(&self, pid: u32) -> Option<u64> {
+        self.briefly_as_daemon(|| Ok(user_namespace(&pid.to_string())))
+            .ok()
+            .flatten()
     }
 }
 
