@@ -360,3 +360,109 @@ fn locks_local_keeps_them_among_users_of_the_mount() {
     assert!(can_lock(&m.b("f"), "flock"), "locks=local reached BACKING");
     holder.release();
 }
+
+#[test]
+fn a_read_only_locker_never_makes_the_file_open_for_writing() {
+    let m = Mounted::with_options(&["allow_other"]);
+    make_traversable(&m.mnt);
+    sh(&format!(
+        "cp /usr/bin/true {p} && chmod 755 {p}",
+        p = m.b("prog").display()
+    ));
+    // nobody holds a shared flock through a read-only open of root's program; root
+    // still runs it from BACKING (a write-open would make that "Text file busy").
+    let mut held = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-s",
+        ])
+        .arg(m.m("prog"))
+        .args(["sleep", "2"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !can_lock(&m.b("prog"), "flock"),
+        "the lock did not reach BACKING"
+    );
+    sh(&m.b("prog").display().to_string());
+    assert!(held.wait().unwrap().success());
+}
+
+#[test]
+fn a_lock_needs_only_the_open_file_as_natively() {
+    // Permission taken away after the open does not stop its owner from locking the file
+    // through that open, natively or through the mount.
+    let m = Mounted::with_options(&["allow_other"]);
+    make_traversable(&m.mnt);
+    let native = m.native_dir("native");
+    for dir in [m.m("pub"), native.join("pub")] {
+        let dir = dir.display();
+        sh(&format!("mkdir {dir} && chmod 1777 {dir}"));
+        nobody_ok(&format!(
+            "cd {dir} && : > f && exec 3<f 4>>f && chmod 000 f && \
+             flock -n -s 3 && flock -n -u 3 && flock -n -x 4"
+        ));
+    }
+}
+
+#[test]
+fn waits_for_held_locks_are_capped_per_user_and_free_locks_are_always_taken() {
+    let m = Mounted::with_options(&["allow_other"]);
+    make_traversable(&m.mnt);
+    for f in ["held", "free"] {
+        fs::write(m.b(f), b"").unwrap();
+        sh(&format!("chmod 666 {}", m.b(f).display()));
+    }
+    let holder = Holder::lock(&m.b("held"), "flock");
+    let mut waiters: Vec<Child> = (0..8)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
+                .arg(m.m("held"))
+                .arg("true")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // A ninth wait of the same user is refused; a free lock is still taken at once.
+    nobody_denied(
+        &format!("flock {} true", m.m("held").display()),
+        "No locks available",
+    );
+    nobody_ok(&format!("flock {} true", m.m("free").display()));
+    holder.release();
+    for w in &mut waiters {
+        assert!(w.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn one_file_reached_through_a_bind_mount_in_backing_has_one_set_of_locks() {
+    let m = Mounted::new();
+    fs::create_dir(m.b("dir")).unwrap();
+    fs::create_dir(m.b("bound")).unwrap();
+    fs::write(m.b("dir/f"), b"").unwrap();
+    sh(&format!(
+        "mount --bind {} {}",
+        m.b("dir").display(),
+        m.b("bound").display()
+    ));
+    let _unbind = Unmount(m.b("bound"));
+    // One process, two paths to one file: its POSIX locks never conflict with each
+    // other, and other processes see them through either path.
+    let script = format!(
+        "import fcntl, os\n\
+         a = os.open('{a}', os.O_RDWR)\nb = os.open('{b}', os.O_RDWR)\n\
+         fcntl.lockf(a, fcntl.LOCK_EX | fcntl.LOCK_NB)\n\
+         fcntl.lockf(b, fcntl.LOCK_EX | fcntl.LOCK_NB)\nprint('both')",
+        a = m.m("dir/f").display(),
+        b = m.m("bound/f").display()
+    );
+    let out = sh(&format!("/usr/bin/python3 -c \"{script}\""));
+    assert_eq!(out.trim(), "both");
+}

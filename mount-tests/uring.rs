@@ -216,10 +216,12 @@ fn kill_9_of_a_ring_daemon_and_a_remount_over_the_ring() {
     fs::write(m.m("kept"), b"data").unwrap();
     let status = m.signal_and_wait("KILL");
     assert!(!status.success());
-    // ECONNABORTED while the kernel tears the rings down, ENOTCONN after.
+    // ENOTCONN once the kernel has torn the rings down; before that ECONNABORTED, or
+    // ECANCELED for a request handed to the ring of a thread already dead
+    // (dev_uring.c: fuse_uring_send_in_task with IO_URING_F_TASK_DEAD).
     let dead = errno_of(fs::read_dir(&m.mnt));
     assert!(
-        dead == libc::ENOTCONN || dead == libc::ECONNABORTED,
+        [libc::ENOTCONN, libc::ECONNABORTED, libc::ECANCELED].contains(&dead),
         "errno {dead} from the dead mount"
     );
     let again = {
@@ -229,4 +231,95 @@ fn kill_9_of_a_ring_daemon_and_a_remount_over_the_ring() {
     assert_eq!(fs::read(again.m("kept")).unwrap(), b"data");
     assert_eq!(again.stats()["transport.io_uring"], 1);
     assert!(ring_requests(&again).iter().sum::<u64>() > 0);
+}
+
+/// A signal that reaches a process waiting for a lock before a ring thread has picked up
+/// its request is never told to the daemon by the kernel (no INTERRUPT): the daemon must
+/// notice it (or the process would wait, unkillable, until the lock is granted).
+#[test]
+fn signals_end_lock_waits_over_the_ring() {
+    let m = ring_mount(&[]);
+    fs::write(m.b("f"), b"").unwrap();
+    // The holder itself holds the lock (not a child of it), so killing it frees it.
+    let mut holder = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import fcntl, os, sys, time\n\
+             fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX)\n\
+             print('locked', flush=True)\n\
+             time.sleep(300)",
+        ])
+        .arg(m.b("f"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    // Each waiter asks for the lock 1,000 times, each time with a timer that first fires
+    // 1-2,000 µs in (so signals also land before the request is picked up) and then
+    // every millisecond; its handler raises, so each signal ends one wait with EINTR.
+    // (An Alarm may land anywhere, also in the cleanup, so every statement that runs
+    // with the handler installed is inside a `try`.)
+    let waiter = r#"
+import fcntl, os, random, signal, sys
+class Alarm(Exception): pass
+def alarm(*_): raise Alarm()
+signal.signal(signal.SIGALRM, alarm)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+def attempt():
+    signal.setitimer(signal.ITIMER_REAL, random.uniform(1e-6, 2e-3), 1e-3)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    sys.exit("granted a lock another process holds")
+attempts = 0
+while True:
+    try:
+        if attempts == 1000:
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            break
+        attempts += 1
+        attempt()
+    except Alarm:
+        pass
+"#;
+    let mut waiters: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            Command::new("/usr/bin/python3")
+                .args(["-c", waiter])
+                .arg(m.m("f"))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let finished: Vec<_> = waiters
+        .iter_mut()
+        .map(|w| {
+            wait_exit(
+                w,
+                deadline.saturating_duration_since(std::time::Instant::now()),
+            )
+        })
+        .collect();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    for w in &mut waiters {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    let stuck = finished.iter().filter(|f| f.is_none()).count();
+    assert_eq!(
+        stuck, 0,
+        "{stuck} of 8 lock waiters never saw their signals end"
+    );
+    for status in finished.into_iter().flatten() {
+        assert!(status.success(), "a waiter failed: {status}");
+    }
 }

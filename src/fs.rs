@@ -1008,7 +1008,7 @@ impl Fs {
     /// Closes handle `fh` (its descriptor closes when the last request using it ends).
     pub fn release(&self, fh: u64) -> io::Result<()> {
         if let Some(handle) = self.handles.remove(fh) {
-            self.locks.release(handle.inode.id, fh);
+            self.drop_open_file_locks(&handle, fh);
             self.refresh_times_after_mapped_writes(&handle);
         }
         Ok(())
@@ -1045,7 +1045,7 @@ impl Fs {
     /// backing file sees a close too (an NFS backing writes back and reports errors).
     pub fn flush(&self, fh: u64, lock_owner: u64) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
-        self.locks.flush(handle.inode.id, lock_owner);
+        self.drop_posix_locks(&handle, lock_owner);
         self.refresh_times_after_mapped_writes(&handle);
         sys::flush_by_dup_close(handle.fd())
     }

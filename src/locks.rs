@@ -39,7 +39,6 @@ use parking_lot::{Condvar, Mutex};
 use crate::creds::Caller;
 use crate::fs::{Fs, errno};
 use crate::handle::Handle;
-use crate::inode::NodeId;
 use crate::sys;
 use crate::transport::wire::FileLock;
 
@@ -61,12 +60,17 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 /// one user cannot tie up every thread of the daemon. More fail with ENOLCK.
 const WAITS_PER_USER: usize = 8;
 
-/// How often an interrupted waiter is signalled again until it has seen it.
-const WAKE_RESEND: Duration = Duration::from_millis(20);
+/// How often waiters are looked after: an interrupted one signalled again, callers'
+/// pending signals checked.
+const WATCH_PERIOD: Duration = Duration::from_millis(50);
 
 /// INTERRUPTs remembered for requests not (yet) waiting: one may arrive, on another
 /// thread, before its request does.
 const EARLY_INTERRUPTS: usize = 256;
+
+/// A backing object, as locks know it: (device, inode number). Two node ids of one file
+/// (reached through a bind mount inside BACKING) share its locks, as natively.
+pub type LockKey = (u64, u64);
 
 struct OwnerFile {
     fd: Arc<OwnedFd>,
@@ -77,14 +81,14 @@ struct OwnerFile {
 
 #[derive(Default)]
 struct Owners {
-    by_inode: HashMap<NodeId, HashMap<u64, OwnerFile>>,
+    by_inode: HashMap<LockKey, HashMap<u64, OwnerFile>>,
     per_uid: HashMap<u32, usize>,
 }
 
 impl Owners {
     fn remove_where(
         &mut self,
-        inode: NodeId,
+        inode: LockKey,
         mut drop_it: impl FnMut(u64, &OwnerFile) -> bool,
     ) -> Vec<Arc<OwnedFd>> {
         let Some(owners) = self.by_inode.get_mut(&inode) else {
@@ -117,6 +121,8 @@ impl Owners {
 struct Waiter {
     tid: libc::pid_t,
     uid: u32,
+    /// The thread that made the request (whose pending signals are watched).
+    caller_pid: u32,
     interrupted: bool,
 }
 
@@ -148,7 +154,7 @@ impl Locks {
     }
 
     /// The owner's descriptor of `inode`, if it has one; records `fh` as a way it locks.
-    fn existing(&self, inode: NodeId, owner: u64, fh: u64) -> Option<Arc<OwnedFd>> {
+    fn existing(&self, inode: LockKey, owner: u64, fh: u64) -> Option<Arc<OwnedFd>> {
         let mut owners = self.owners.lock();
         let file = owners.by_inode.get_mut(&inode)?.get_mut(&owner)?;
         if !file.via.contains(&fh) {
@@ -162,7 +168,7 @@ impl Locks {
     /// limit.
     fn install(
         &self,
-        inode: NodeId,
+        inode: LockKey,
         owner: u64,
         fh: u64,
         uid: u32,
@@ -196,15 +202,30 @@ impl Locks {
         Ok(fd)
     }
 
+    /// Whether no owner holds a descriptor (nothing to drop at a close).
+    fn is_empty(&self) -> bool {
+        self.owners.lock().by_inode.is_empty()
+    }
+
+    /// Whether `fd` is still the owner's descriptor of `inode`.
+    fn is_current(&self, inode: LockKey, owner: u64, fd: &Arc<OwnedFd>) -> bool {
+        self.owners
+            .lock()
+            .by_inode
+            .get(&inode)
+            .and_then(|owners| owners.get(&owner))
+            .is_some_and(|file| Arc::ptr_eq(&file.fd, fd))
+    }
+
     /// Drops the POSIX locks of `owner` on `inode` (a close by that process).
-    pub fn flush(&self, inode: NodeId, owner: u64) {
+    pub fn flush(&self, inode: LockKey, owner: u64) {
         let closed = self.owners.lock().remove_where(inode, |o, _| o == owner);
         drop(closed);
     }
 
     /// Drops the locks of every owner that locked `inode` through the open file `fh`,
     /// which is being released.
-    pub fn release(&self, inode: NodeId, fh: u64) {
+    pub fn release(&self, inode: LockKey, fh: u64) {
         let closed = self
             .owners
             .lock()
@@ -225,10 +246,6 @@ impl Locks {
             Some(waiter) => {
                 waiter.interrupted = true;
                 let _ = sys::tgkill(waiter.tid, wake_signal());
-                if !w.resender {
-                    w.resender = true;
-                    self.start_resender();
-                }
                 resend.notify_one();
             }
             None => {
@@ -240,31 +257,51 @@ impl Locks {
         }
     }
 
-    /// A thread that signals interrupted waiters again until they are gone.
-    fn start_resender(&self) {
+    /// The thread that watches waiters: it signals an interrupted one again until it has
+    /// seen it (a signal that lands just before the waiter enters its blocking call is
+    /// lost), and it ends the wait of a caller with a signal pending that the kernel did
+    /// not tell the daemon about. Over io_uring the kernel sends INTERRUPT only for a
+    /// request a ring thread has already picked up (dev_uring.c lacks the check
+    /// fuse_dev_do_read makes when it hands out a request already interrupted): a signal
+    /// in between would leave the caller waiting, unkillable, until the lock is granted.
+    fn start_watcher(&self) {
         let waits = self.waits.clone();
         let started = std::thread::Builder::new()
             .name("fastfs-lock-wake".into())
             .spawn(move || {
-                let (waits, resend) = &*waits;
+                let (waits, wake) = &*waits;
                 let mut w = waits.lock();
                 loop {
-                    let pending: Vec<libc::pid_t> = w
-                        .by_unique
-                        .values()
-                        .filter(|waiter| waiter.interrupted)
-                        .map(|waiter| waiter.tid)
-                        .collect();
-                    if pending.is_empty() {
-                        resend.wait(&mut w);
+                    if w.by_unique.is_empty() {
+                        wake.wait(&mut w);
                         continue;
                     }
                     // tgkill under the lock: a waiter deregisters under it before its
                     // thread can exit, so the thread id is still that waiter's.
-                    for tid in pending {
-                        let _ = sys::tgkill(tid, wake_signal());
+                    for waiter in w.by_unique.values().filter(|x| x.interrupted) {
+                        let _ = sys::tgkill(waiter.tid, wake_signal());
                     }
-                    resend.wait_for(&mut w, WAKE_RESEND);
+                    let watched: Vec<(u64, u32)> = w
+                        .by_unique
+                        .iter()
+                        .filter(|(_, x)| !x.interrupted)
+                        .map(|(unique, x)| (*unique, x.caller_pid))
+                        .collect();
+                    // /proc is read with the lock let go.
+                    let signalled: Vec<u64> = parking_lot::MutexGuard::unlocked(&mut w, || {
+                        watched
+                            .into_iter()
+                            .filter(|(_, pid)| signal_pending(*pid))
+                            .map(|(unique, _)| unique)
+                            .collect()
+                    });
+                    for unique in signalled {
+                        if let Some(waiter) = w.by_unique.get_mut(&unique) {
+                            waiter.interrupted = true;
+                            let _ = sys::tgkill(waiter.tid, wake_signal());
+                        }
+                    }
+                    wake.wait_for(&mut w, WATCH_PERIOD);
                 }
             });
         if let Err(e) = started {
@@ -277,12 +314,17 @@ impl Locks {
     fn wait_for(
         &self,
         unique: u64,
-        uid: u32,
+        caller: &Caller,
         mut call: impl FnMut() -> io::Result<()>,
     ) -> io::Result<()> {
-        let (waits, _) = &*self.waits;
+        let (waits, wake) = &*self.waits;
+        let uid = caller.uid;
         {
             let mut w = waits.lock();
+            if !w.resender {
+                w.resender = true;
+                self.start_watcher();
+            }
             if let Some(i) = w.early.iter().position(|&u| u == unique) {
                 w.early.remove(i);
                 return Err(errno(libc::EINTR));
@@ -295,9 +337,11 @@ impl Locks {
                 Waiter {
                     tid: sys::gettid(),
                     uid,
+                    caller_pid: caller.pid,
                     interrupted: false,
                 },
             );
+            wake.notify_one();
         }
         let result = loop {
             match call() {
@@ -317,6 +361,22 @@ impl Locks {
         waits.lock().by_unique.remove(&unique);
         result
     }
+}
+
+/// Whether thread `pid` has a signal pending that it does not block (from
+/// `/proc/PID/status`: SigPnd and ShdPnd less SigBlk).
+fn signal_pending(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
 }
 
 /// A FUSE lock range as `struct flock` (whence SEEK_SET, pid 0 as OFD calls require).
@@ -377,36 +437,66 @@ fn flock_operation(lock: &FileLock, wait: bool) -> io::Result<libc::c_int> {
 }
 
 impl Fs {
-    /// The owner's descriptor of the handle's file, opened (with the daemon's rights:
-    /// any caller who holds the file open may lock it) the first time the owner locks it.
+    /// The backing object of an open file, as locks know it (its own device: a btrfs
+    /// subvolume has one of its own, with inode numbers that repeat other subvolumes').
+    fn lock_key(handle: &Handle) -> io::Result<LockKey> {
+        let st = sys::fstat(handle.fd())?;
+        Ok((st.st_dev, st.st_ino))
+    }
+
+    /// Drops the POSIX locks `owner` holds on the handle's file: a close by that process.
+    pub(crate) fn drop_posix_locks(&self, handle: &Handle, owner: u64) {
+        if self.locks.is_empty() {
+            return;
+        }
+        if let Ok(key) = Self::lock_key(handle) {
+            self.locks.flush(key, owner);
+        }
+    }
+
+    /// Drops the locks of every owner that locked through handle `fh`, being released.
+    pub(crate) fn drop_open_file_locks(&self, handle: &Handle, fh: u64) {
+        if self.locks.is_empty() {
+            return;
+        }
+        if let Ok(key) = Self::lock_key(handle) {
+            self.locks.release(key, fh);
+        }
+    }
+
+    /// The owner's descriptor of the handle's file, opened the first time the owner locks
+    /// it, with the access mode of the locker's own open file (a lock never opens a file
+    /// for writing that its locker opened read-only: that would break read leases, make
+    /// programs ETXTBSY and fire IN_CLOSE_WRITE). An owner that locks through a
+    /// read-only and then a read-write descriptor of one file cannot take a write lock
+    /// (EBADF), where natively it could.
     fn owner_file(
         &self,
         handle: &Handle,
+        key: LockKey,
         fh: u64,
         owner: u64,
-        uid: u32,
+        caller: &Caller,
     ) -> io::Result<Arc<OwnedFd>> {
-        let inode = handle.inode.id;
-        if let Some(fd) = self.locks.existing(inode, owner, fh) {
+        if let Some(fd) = self.locks.existing(key, owner, fh) {
             return Ok(fd);
         }
         let fd = if handle.inode.kind == libc::S_IFREG {
+            // The daemon's rights add nothing here: the locker holds the file open with
+            // this access mode already (and a permission revoked since must not make
+            // its lock fail, as natively it would not).
+            let mode = sys::status_flags(handle.fd())? & libc::O_ACCMODE;
             let path_fd = self.path_fd(&handle.inode)?;
             self.with_daemon_rights(|| {
-                // Read-write where possible, so that the owner may take read and write
-                // locks on one descriptor; read-only files (EROFS, immutable, a running
-                // program) still take read locks.
-                let flags = libc::O_NONBLOCK | libc::O_NOATIME;
-                self.reopen(&path_fd, libc::O_RDWR | flags)
-                    .or_else(|_| self.reopen(&path_fd, libc::O_RDONLY | flags))
-                    .or_else(|_| self.reopen(&path_fd, libc::O_RDONLY | libc::O_NONBLOCK))
+                self.reopen(&path_fd, mode | libc::O_NONBLOCK | libc::O_NOATIME)
+                    .or_else(|_| self.reopen(&path_fd, mode | libc::O_NONBLOCK))
             })?
         } else {
             // A device, FIFO or socket is never reopened (opening one can have effects);
             // its locks belong to the open file they are taken through.
             sys::dup_cloexec(handle.fd())?
         };
-        self.locks.install(inode, owner, fh, uid, fd)
+        self.locks.install(key, owner, fh, caller.uid, fd)
     }
 
     /// F_GETLK: the first lock that would conflict with `lock` for `owner`, or F_UNLCK.
@@ -414,7 +504,7 @@ impl Fs {
         let handle = self.handles.get(fh)?;
         // The owner's own locks never conflict with it: ask on its descriptor. Without
         // one, the handle's descriptor holds no lock of anyone's.
-        let own = self.locks.existing(handle.inode.id, owner, fh);
+        let own = self.locks.existing(Self::lock_key(&handle)?, owner, fh);
         let fd: BorrowedFd<'_> = match &own {
             Some(fd) => fd.as_fd(),
             None => handle.fd(),
@@ -439,19 +529,20 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
+        let key = Self::lock_key(&handle)?;
         let unlock = lock.typ as i32 == libc::F_UNLCK;
-        let fd = match self.locks.existing(handle.inode.id, owner, fh) {
+        let fd = match self.locks.existing(key, owner, fh) {
             Some(fd) => fd,
             // Nothing to unlock for an owner that never locked here.
             None if unlock => return Ok(()),
-            None => self.owner_file(&handle, fh, owner, caller.uid)?,
+            None => self.owner_file(&handle, key, fh, owner, caller)?,
         };
-        let call = || -> io::Result<()> {
+        let call = |wait: bool| -> io::Result<()> {
             if flock {
-                sys::flock(fd.as_fd(), flock_operation(&lock, wait.is_some())?)
+                sys::flock(fd.as_fd(), flock_operation(&lock, wait)?)
             } else {
                 let mut range = to_flock(&lock)?;
-                let cmd = if wait.is_some() {
+                let cmd = if wait {
                     libc::F_OFD_SETLKW
                 } else {
                     libc::F_OFD_SETLK
@@ -459,10 +550,21 @@ impl Fs {
                 sys::fcntl_lock(fd.as_fd(), cmd, &mut range)
             }
         };
-        match wait {
-            Some(unique) if !unlock => self.locks.wait_for(unique, caller.uid, call),
-            _ => call(),
+        // Without waiting first: a lock that is free is taken at once, and only one that
+        // is held makes the request wait (and count as one of its user's waits).
+        let result = match (call(false), wait) {
+            (Err(e), Some(unique)) if !unlock && e.raw_os_error() == Some(libc::EAGAIN) => {
+                self.locks.wait_for(unique, caller, || call(true))
+            }
+            (result, _) => result,
+        };
+        // The owner closed the file meanwhile (a FLUSH dropped its descriptor, which
+        // closes with this last reference and takes the lock along): natively the lock
+        // call then fails with EBADF rather than leave a lock nobody holds.
+        if result.is_ok() && !unlock && !self.locks.is_current(key, owner, &fd) {
+            return Err(errno(libc::EBADF));
         }
+        result
     }
 
     /// The kernel's INTERRUPT of request `unique`.

@@ -1035,3 +1035,9 @@ pub fn mount_setattr(mount: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io:
     };
     check(ret as libc::c_int).map(drop)
 }
+
+/// The file status flags of an open file (`fcntl(F_GETFL)`: access mode and O_* flags).
+pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL takes no argument and returns an integer.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}

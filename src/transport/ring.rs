@@ -32,7 +32,7 @@ use crate::sys::uring::RingEntry;
 const INITIAL_THREADS_PER_QUEUE: usize = 2;
 
 /// The most threads a queue gets, however many of its requests block.
-pub const MAX_THREADS_PER_QUEUE: usize = 16;
+pub const MAX_THREADS_PER_QUEUE: usize = 64;
 
 /// Rings created before the INIT reply, to be registered after it.
 pub struct Prepared {
