@@ -239,6 +239,7 @@ fn bench_quick_mode_prints_a_full_table() {
         "unlink 1000 files",
         "find tree",
         "ls -lR tree",
+        "walk 2000 files",
     ] {
         let row = rows
             .iter()
@@ -256,7 +257,15 @@ fn bench_quick_mode_prints_a_full_table() {
         }
     }
     assert!(
-        table.contains("Daemon RSS after walking 2000 files: fastfs "),
+        table.contains("Daemon RSS after the walk of 2000 files: fastfs "),
+        "{table}"
+    );
+    assert!(
+        table.contains("inodes known: ") && table.contains(" bytes each;"),
+        "{table}"
+    );
+    assert!(
+        table.contains("fastfs descriptor cache on the metadata rows"),
         "{table}"
     );
     let round_trip = table
