@@ -305,7 +305,7 @@ impl Fs {
         }
         let dev = match &inode.identity {
             Identity::Handle(_) => self.inodes.root_dev(),
-            Identity::Descriptor { dev, .. } => *dev,
+            Identity::Descriptor(p) => p.dev,
         };
         self.local_root_dev == Some(dev)
     }
@@ -348,7 +348,7 @@ impl Fs {
     /// the identity it had). ESTALE when the object no longer exists.
     pub fn path_fd(&self, inode: &Inode) -> io::Result<Arc<OwnedFd>> {
         let handle = match &inode.identity {
-            Identity::Descriptor { fd, .. } => return Ok(fd.clone()),
+            Identity::Descriptor(p) => return Ok(p.fd.clone()),
             Identity::Handle(handle) => handle,
         };
         if let Some(fd) = self.fds.get(inode.id) {
@@ -465,12 +465,7 @@ impl Fs {
             }
         }
         let inode = self.inodes.remember(Found {
-            identity: Identity::Descriptor {
-                fd: Arc::new(fd),
-                mnt: st.mnt_id,
-                dev: st.st.st_dev,
-                ino: st.st.st_ino,
-            },
+            identity: Identity::pinned(fd, st.mnt_id, st.st.st_dev, st.st.st_ino),
             st: st.st,
         });
         Ok(Entry { inode, st: st.st })
