@@ -442,6 +442,158 @@ fn waits_for_held_locks_are_capped_per_user_and_free_locks_are_always_taken() {
 }
 
 #[test]
+fn many_users_waiting_for_one_lock_never_take_every_serving_thread() {
+    // Nine users wait eight times each for a held lock, all from CPU 0. At most 32 wait,
+    // the others get ENOLCK, and the requests that end the waits (the holder's close,
+    // each winner's close) and everyone else's keep being served. Over /dev/fuse only:
+    // over io_uring this still stalls (a ring thread growing the queue registers an entry
+    // that the kernel never hands a request already queued; see README "Locks").
+    let m = Mounted::with_options(&["allow_other", "uring=off"]);
+    make_traversable(&m.mnt);
+    fs::write(m.b("held"), b"").unwrap();
+    sh(&format!("chmod 666 {}", m.b("held").display()));
+    let holder = Holder::lock(&m.b("held"), "flock");
+    let waiter = r#"
+import errno, fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+except OSError as e:
+    print("refused" if e.errno == errno.ENOLCK else e.strerror, flush=True)
+    sys.exit(0)
+os.close(fd)
+print("locked", flush=True)
+"#;
+    let mut waiters: Vec<Child> = (1001..=1009)
+        .flat_map(|uid| std::iter::repeat_n(uid, 8))
+        .map(|uid| {
+            Command::new("taskset")
+                .args(["-c", "0", "setpriv"])
+                .args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-c",
+                    waiter,
+                ])
+                .arg(m.m("held"))
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // (72 Python starts on one CPU take a few seconds.)
+    std::thread::sleep(Duration::from_secs(6));
+    // Everyone else is still served, from the same CPU.
+    let mut other = Command::new("taskset")
+        .args(["-c", "0", "touch"])
+        .arg(m.m("other"))
+        .spawn()
+        .unwrap();
+    let served = wait_exit(&mut other, Duration::from_secs(20)).is_some_and(|s| s.success());
+    if !served {
+        for w in waiters.iter_mut().chain([&mut other]) {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        panic!("a request of another user was not served while users waited for a lock");
+    }
+    holder.release();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut outcomes: Vec<String> = Vec::new();
+    for w in &mut waiters {
+        let done = wait_exit(w, deadline.saturating_duration_since(Instant::now()));
+        let _ = w.kill();
+        let _ = w.wait();
+        let mut out = String::new();
+        std::io::Read::read_to_string(w.stdout.as_mut().unwrap(), &mut out).unwrap();
+        outcomes.push(if done.is_some() {
+            out.trim().to_string()
+        } else {
+            "stuck".into()
+        });
+    }
+    let count = |what: &str| outcomes.iter().filter(|o| *o == what).count();
+    assert_eq!(count("stuck"), 0, "{outcomes:?}");
+    assert_eq!(count("locked") + count("refused"), 72, "{outcomes:?}");
+    assert!(
+        count("locked") <= 32 && count("refused") >= 40,
+        "{outcomes:?}"
+    );
+}
+
+/// A thread waits in F_SETLKW while the main thread is in vfork (where only SIGKILL
+/// reaches it) and a signal with an SA_RESTART handler is sent to the process: the
+/// kernel leaves it pending for the main thread, and the waiting thread goes on waiting,
+/// natively and through the mount (waking it would hand it errno 512, ERESTARTSYS).
+const WAIT_BESIDE_VFORK: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int fd;
+static void handler(int sig) { (void)sig; }
+
+static void *waiter(void *unused) {
+    (void)unused;
+    struct flock lock = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+    int r = fcntl(fd, F_SETLKW, &lock);
+    printf("%s\n", r == 0 ? "granted" : strerror(errno));
+    fflush(stdout);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    struct sigaction sa = { .sa_handler = handler, .sa_flags = SA_RESTART };
+    sigaction(SIGUSR1, &sa, NULL);
+    fd = open(argv[1], O_RDWR);
+    if (fd < 0) { perror(argv[1]); return 1; }
+    pthread_t thread;
+    pthread_create(&thread, NULL, waiter, NULL);
+    if (vfork() == 0) {
+        sleep(4);
+        _exit(0);
+    }
+    pthread_join(thread, NULL);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_signal_for_another_thread_leaves_a_lock_wait_alone() {
+    let m = Mounted::new();
+    let program = m.native_dir("program").join("wait-beside-vfork");
+    fs::write(program.with_extension("c"), WAIT_BESIDE_VFORK).unwrap();
+    sh(&format!("gcc -pthread -o {0} {0}.c", program.display()));
+    fs::write(m.b("f"), b"").unwrap();
+    for path in [m.b("f"), m.m("f")] {
+        let holder = Holder::lock(&m.b("f"), "posix");
+        let mut waiting = Command::new(&program)
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        sh(&format!("kill -USR1 {}", waiting.id()));
+        // Longer than the daemon's 50 ms watch of waiting callers' signals.
+        std::thread::sleep(Duration::from_millis(800));
+        holder.release();
+        let done = wait_exit(&mut waiting, Duration::from_secs(20));
+        let _ = waiting.kill();
+        let mut out = String::new();
+        std::io::Read::read_to_string(waiting.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(done.is_some(), "{}: the waiter never ended", path.display());
+        assert_eq!(out.trim(), "granted", "{}", path.display());
+    }
+}
+
+#[test]
 fn one_file_reached_through_a_bind_mount_in_backing_has_one_set_of_locks() {
     let m = Mounted::new();
     fs::create_dir(m.b("dir")).unwrap();

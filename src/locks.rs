@@ -60,6 +60,17 @@ const OFFSET_MAX: u64 = i64::MAX as u64;
 /// one user cannot tie up every thread of the daemon. More fail with ENOLCK.
 const WAITS_PER_USER: usize = 8;
 
+/// Lock waits of all users at once. Each holds a serving thread of its transport (a
+/// /dev/fuse thread, or a thread of the caller's CPU queue on the ring), and at most half
+/// of either may wait: the rest serve the FLUSH, RELEASE and unlock that end the waits,
+/// and everyone else's requests (users with many uids, such as subuid ranges, would
+/// otherwise fill a queue). More fail with ENOLCK.
+const WAITS_IN_ALL: usize = 32;
+const _: () = assert!(
+    WAITS_IN_ALL <= crate::transport::devfuse::MAX_THREADS / 2
+        && WAITS_IN_ALL <= crate::transport::ring::MAX_THREADS_PER_QUEUE / 2
+);
+
 /// How often waiters are looked after: an interrupted one signalled again, callers'
 /// pending signals checked.
 const WATCH_PERIOD: Duration = Duration::from_millis(50);
@@ -329,7 +340,9 @@ impl Locks {
                 w.early.remove(i);
                 return Err(errno(libc::EINTR));
             }
-            if w.by_unique.values().filter(|x| x.uid == uid).count() >= WAITS_PER_USER {
+            if w.by_unique.len() >= WAITS_IN_ALL
+                || w.by_unique.values().filter(|x| x.uid == uid).count() >= WAITS_PER_USER
+            {
                 return Err(errno(libc::ENOLCK));
             }
             w.by_unique.insert(
@@ -363,20 +376,57 @@ impl Locks {
     }
 }
 
-/// Whether thread `pid` has a signal pending that it does not block (from
-/// `/proc/PID/status`: SigPnd and ShdPnd less SigBlk).
-fn signal_pending(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+/// Whether a signal is pending that the kernel would deliver to thread `tid` (a FUSE
+/// request's pid is the calling thread): one sent to the thread itself (SigPnd, where
+/// SIGKILL also lands), or one sent to its process that the thread does not block while
+/// every other thread of the process blocks it (otherwise the kernel hands it to another
+/// thread and this one waits on, as natively). Ending a wait with EINTR for a thread
+/// that has no signal to handle would give its program errno 512 (the kernel turns a
+/// lock's EINTR into ERESTARTSYS).
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
         return false;
     };
-    let mask = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            .unwrap_or(0)
+    let own_pending = status_mask(&status, "SigPnd:") & !status_mask(&status, "SigBlk:");
+    if own_pending != 0 {
+        return true;
+    }
+    let shared = status_mask(&status, "ShdPnd:") & !status_mask(&status, "SigBlk:");
+    if shared == 0 {
+        return false;
+    }
+    let Some(process) = status_field(&status, "Tgid:") else {
+        return false;
     };
-    (mask("SigPnd:") | mask("ShdPnd:")) & !mask("SigBlk:") != 0
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{process}/task")) else {
+        return false;
+    };
+    let mut blocked_by_all_others = shared;
+    for thread in threads.flatten() {
+        if thread.file_name().to_str() == Some(&tid.to_string()) {
+            continue;
+        }
+        let Ok(other) = std::fs::read_to_string(thread.path().join("status")) else {
+            continue;
+        };
+        blocked_by_all_others &= status_mask(&other, "SigBlk:");
+    }
+    blocked_by_all_others != 0
+}
+
+/// A field of a `/proc/PID/status` text.
+fn status_field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(str::trim)
+}
+
+/// A signal mask of a `/proc/PID/status` text (hexadecimal); 0 where absent.
+fn status_mask(status: &str, name: &str) -> u64 {
+    status_field(status, name)
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
 }
 
 /// A FUSE lock range as `struct flock` (whence SEEK_SET, pid 0 as OFD calls require).

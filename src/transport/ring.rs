@@ -5,8 +5,12 @@
 //! each thread owns an io_uring with a single registered entry, and answers a request
 //! and fetches the next in one system call (COMMIT_AND_FETCH). One entry per thread
 //! means a request that takes long (a 1 GiB copy, an fsync) holds one thread only:
-//! the queue's other entries keep serving, and when every thread of a queue is busy one
-//! more is started, up to [`MAX_THREADS_PER_QUEUE`].
+//! the queue's other entries keep serving, and a queue keeps one thread idle: when all
+//! but one are busy, one more is started, up to [`MAX_THREADS_PER_QUEUE`]. The spare
+//! must be registered before it is needed: the kernel hands a newly registered entry
+//! only requests that arrive after it (`fuse_uring_do_register` does not look at the
+//! queue's waiting requests, which only a commit of another entry takes up), so a
+//! request that arrives while every entry is busy waits for one of them to finish.
 //!
 //! The kernel sends requests over the ring only once every queue has an entry; before
 //! that, and always for INIT, FORGET and INTERRUPT, it uses `/dev/fuse`, so the
@@ -188,12 +192,12 @@ impl Rings {
         }
     }
 
-    /// Starts one more thread for queue `qid` if all of its threads are busy (and it may
-    /// grow), with the daemon's rights (see `devfuse`).
+    /// Starts one more thread for queue `qid` if no other of its threads is idle (and it
+    /// may grow), with the daemon's rights (see `devfuse`).
     fn grow_if_all_busy(self: &Arc<Self>, qid: u16, busy: usize) {
         let queue = &self.queues[usize::from(qid)];
         let threads = queue.threads.load(Ordering::Relaxed);
-        if busy < threads || threads >= MAX_THREADS_PER_QUEUE {
+        if busy + 1 < threads || threads >= MAX_THREADS_PER_QUEUE {
             return;
         }
         let started = self.dispatcher.fs.with_daemon_rights(|| {
