@@ -666,6 +666,17 @@ mod tests {
 
     proptest! {
         #[test]
+        fn any_status_text_gives_masks_without_panic(text in "\\PC*", mask in any::<u64>()) {
+            let _ = status_mask(&text, "SigPnd:");
+            let _ = status_field(&text, "Tgid:");
+            let status = format!("Name:\tx\n{text}\nSigBlk:\t{mask:016x}\n");
+            // The first SigBlk line is the one read: a generated one may come first.
+            if !text.contains("SigBlk:") {
+                prop_assert_eq!(status_mask(&status, "SigBlk:"), mask);
+            }
+        }
+
+        #[test]
         fn any_range_converts_or_is_refused(start in any::<u64>(), end in any::<u64>(), typ in 0i32..4) {
             let asked = lock(start, end, typ);
             if let Ok(fl) = to_flock(&asked) {
