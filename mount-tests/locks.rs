@@ -443,12 +443,11 @@ fn waits_for_held_locks_are_capped_per_user_and_free_locks_are_always_taken() {
 
 #[test]
 fn many_users_waiting_for_one_lock_never_take_every_serving_thread() {
-    // Nine users wait eight times each for a held lock, all from CPU 0. At most 32 wait,
-    // the others get ENOLCK, and the requests that end the waits (the holder's close,
-    // each winner's close) and everyone else's keep being served. Over /dev/fuse only:
-    // over io_uring this still stalls (a ring thread growing the queue registers an entry
-    // that the kernel never hands a request already queued; see README "Locks").
-    let m = Mounted::with_options(&["allow_other", "uring=off"]);
+    // Nine users wait eight times each for a held lock, all from CPU 0 (over io_uring,
+    // all in that CPU's queue). At most 32 wait, the others get ENOLCK, and the requests
+    // that end the waits (the holder's close, each winner's close) and everyone else's
+    // keep being served.
+    let m = Mounted::with_options(&["allow_other"]);
     make_traversable(&m.mnt);
     fs::write(m.b("held"), b"").unwrap();
     sh(&format!("chmod 666 {}", m.b("held").display()));

@@ -10,7 +10,9 @@
 //! must be registered before it is needed: the kernel hands a newly registered entry
 //! only requests that arrive after it (`fuse_uring_do_register` does not look at the
 //! queue's waiting requests, which only a commit of another entry takes up), so a
-//! request that arrives while every entry is busy waits for one of them to finish.
+//! request that arrives while every entry is busy waits for one of them to finish. For
+//! the same reason no ring thread waits for a lock: such a request goes, with its
+//! entry, to a thread of its own ([`Rings::hand_off_lock_wait`]).
 //!
 //! The kernel sends requests over the ring only once every queue has an entry; before
 //! that, and always for INIT, FORGET and INTERRUPT, it uses `/dev/fuse`, so the
@@ -129,7 +131,7 @@ pub fn serve(
         started: Mutex::new(Vec::new()),
     });
     for (qid, entry) in prepared.entries {
-        rings.start_thread(qid, entry)?;
+        rings.start_thread(qid, entry, None)?;
     }
     Ok(Serving(rings))
 }
@@ -173,13 +175,20 @@ fn completion(result: i32) -> Completion {
 }
 
 impl Rings {
-    fn start_thread(self: &Arc<Self>, qid: u16, entry: RingEntry) -> io::Result<()> {
+    /// Starts a thread serving `entry` of queue `qid`: it registers the entry, or with
+    /// `holding` (a request the entry already holds) serves that first.
+    fn start_thread(
+        self: &Arc<Self>,
+        qid: u16,
+        entry: RingEntry,
+        holding: Option<io::Result<i32>>,
+    ) -> io::Result<()> {
         let queue = &self.queues[usize::from(qid)];
         let i = queue.threads.fetch_add(1, Ordering::Relaxed);
         let rings = self.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("fastfs-ring-{qid}-{i}"))
-            .spawn(move || rings.serve_entry(qid, entry));
+            .spawn(move || rings.serve_entry(qid, entry, holding));
         match spawned {
             Ok(thread) => {
                 self.started.lock().push(thread);
@@ -202,14 +211,57 @@ impl Rings {
         }
         let started = self.dispatcher.fs.with_daemon_rights(|| {
             let entry = RingEntry::new(self.dev.clone(), qid, self.payload_len)?;
-            self.start_thread(qid, entry)
+            self.start_thread(qid, entry, None)
         });
         if let Err(e) = started {
             log::warn!("cannot start another thread for io_uring queue {qid}: {e}");
         }
     }
 
-    fn serve_entry(self: Arc<Self>, qid: u16, mut entry: RingEntry) {
+    /// A request that may wait for a lock for as long as another process holds it goes,
+    /// with the entry holding it, to a thread of its own, and this thread goes on with a
+    /// fresh entry: a ring thread that waits would take up no queued request meanwhile
+    /// (the kernel hands those only to an entry that commits; see the module's notes).
+    /// Returns whether it did (`entry` is then the fresh one, not yet registered); false
+    /// means the request is served here (the queue is full, or no entry can be made).
+    fn hand_off_lock_wait(self: &Arc<Self>, qid: u16, entry: &mut RingEntry) -> bool {
+        let opcode = wire::InHeader::decode(entry.request().in_out).map(|h| h.opcode);
+        let queue = &self.queues[usize::from(qid)];
+        if opcode.ok() != Some(wire::opcode::SETLKW)
+            || queue.threads.load(Ordering::Relaxed) >= MAX_THREADS_PER_QUEUE
+        {
+            return false;
+        }
+        let fresh = match self
+            .dispatcher
+            .fs
+            .with_daemon_rights(|| RingEntry::new(self.dev.clone(), qid, self.payload_len))
+        {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                log::warn!("io_uring queue {qid}: no entry for a lock wait of its own: {e}");
+                return false;
+            }
+        };
+        let holding = std::mem::replace(entry, fresh);
+        let started = self
+            .dispatcher
+            .fs
+            .with_daemon_rights(|| self.start_thread(qid, holding, Some(Ok(0))));
+        if let Err(e) = started {
+            // The entry and its request went with the thread that could not start: the
+            // request is answered when the connection ends.
+            log::error!("io_uring queue {qid}: cannot start a lock-wait thread: {e}");
+        }
+        true
+    }
+
+    fn serve_entry(
+        self: Arc<Self>,
+        qid: u16,
+        mut entry: RingEntry,
+        holding: Option<io::Result<i32>>,
+    ) {
         // The kernel hands a request to the queue of the CPU it was issued on; serving it
         // on that CPU avoids a cross-CPU wakeup. (A CPU outside the daemon's allowed set
         // cannot be pinned; its queue is served from wherever the thread runs.)
@@ -217,7 +269,10 @@ impl Rings {
             log::debug!("io_uring queue {qid}: cannot pin its thread: {e}");
         }
         let queue = &self.queues[usize::from(qid)];
-        let mut outcome = entry.register();
+        let mut outcome = match holding {
+            Some(request) => request,
+            None => entry.register(),
+        };
         let mut body = Vec::with_capacity(4096);
         // The reply committed last, taken back if its request turns out to be gone.
         let mut last_reply: Option<Reply> = None;
@@ -259,6 +314,10 @@ impl Rings {
                         .store(0, Ordering::Relaxed);
                     break;
                 }
+            }
+            if self.hand_off_lock_wait(qid, &mut entry) {
+                outcome = entry.register();
+                continue;
             }
             let busy = queue.busy.fetch_add(1, Ordering::Relaxed) + 1;
             self.grow_if_all_busy(qid, busy);
