@@ -269,6 +269,8 @@ impl Rings {
             log::debug!("io_uring queue {qid}: cannot pin its thread: {e}");
         }
         let queue = &self.queues[usize::from(qid)];
+        // A thread handed a lock request serves that one itself.
+        let mut serve_here = holding.is_some();
         let mut outcome = match holding {
             Some(request) => request,
             None => entry.register(),
@@ -315,7 +317,7 @@ impl Rings {
                     break;
                 }
             }
-            if self.hand_off_lock_wait(qid, &mut entry) {
+            if !std::mem::take(&mut serve_here) && self.hand_off_lock_wait(qid, &mut entry) {
                 outcome = entry.register();
                 continue;
             }
