@@ -332,12 +332,8 @@ fn an_ordinary_user_locks_through_the_mount_as_on_backing() {
     let busy = as_nobody(&format!("flock -n {} true", m.m("theirs").display()));
     assert!(!busy.status.success(), "nobody got a lock root holds");
     holder.release();
-    let mut held = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
-        .arg(m.m("theirs"))
-        .args(["sleep", "2"])
-        .spawn()
-        .unwrap();
+    let mut held =
+        spawn_flock_as_nobody(&[m.m("theirs").as_os_str(), "sleep".as_ref(), "2".as_ref()]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !can_lock(&m.b("theirs"), "flock"),
@@ -371,18 +367,12 @@ fn a_read_only_locker_never_makes_the_file_open_for_writing() {
     ));
     // nobody holds a shared flock through a read-only open of root's program; root
     // still runs it from BACKING (a write-open would make that "Text file busy").
-    let mut held = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "flock",
-            "-s",
-        ])
-        .arg(m.m("prog"))
-        .args(["sleep", "2"])
-        .spawn()
-        .unwrap();
+    let mut held = spawn_flock_as_nobody(&[
+        "-s".as_ref(),
+        m.m("prog").as_os_str(),
+        "sleep".as_ref(),
+        "2".as_ref(),
+    ]);
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         !can_lock(&m.b("prog"), "flock"),
@@ -419,14 +409,7 @@ fn waits_for_held_locks_are_capped_per_user_and_free_locks_are_always_taken() {
     }
     let holder = Holder::lock(&m.b("held"), "flock");
     let mut waiters: Vec<Child> = (0..8)
-        .map(|_| {
-            Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
-                .arg(m.m("held"))
-                .arg("true")
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| spawn_flock_as_nobody(&[m.m("held").as_os_str(), "true".as_ref()]))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     // A ninth wait of the same user is refused; a free lock is still taken at once.

@@ -591,6 +591,15 @@ pub fn as_nobody(script: &str) -> Output {
         .unwrap()
 }
 
+/// Starts `flock ARGS...` as nobody (as [`as_nobody`] runs a script) without waiting.
+pub fn spawn_flock_as_nobody(args: &[&std::ffi::OsStr]) -> Child {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock"])
+        .args(args)
+        .spawn()
+        .unwrap()
+}
+
 /// Runs `script` as nobody and returns its stdout; panics unless it succeeds.
 pub fn nobody_ok(script: &str) -> String {
     let out = as_nobody(script);
