@@ -172,13 +172,13 @@ print(opened, taken, denied, other)
 }
 
 /// Bytes an unprivileged `dd` writes to `path` before ENOSPC (its stderr must say so).
-fn bytes_until_enospc(path: &Path) -> u64 {
+pub(crate) fn bytes_until_enospc(path: &Path) -> u64 {
     bytes_until_enospc_as(path, "")
 }
 
 /// [`bytes_until_enospc`] run under `wrapper` (e.g. `unshare -Ur`: nobody as the root of
 /// a user namespace of its own, with every capability there and none outside).
-fn bytes_until_enospc_as(path: &Path, wrapper: &str) -> u64 {
+pub(crate) fn bytes_until_enospc_as(path: &Path, wrapper: &str) -> u64 {
     let out = as_nobody(&format!(
         "{wrapper} dd if=/dev/zero of={} bs=64k 2>&1 >/dev/null; stat -c %s {}",
         path.display(),
@@ -190,7 +190,7 @@ fn bytes_until_enospc_as(path: &Path, wrapper: &str) -> u64 {
 }
 
 /// Free bytes of the filesystem at `path` (including the root reserve).
-fn free_bytes(path: &Path) -> u64 {
+pub(crate) fn free_bytes(path: &Path) -> u64 {
     let out = sh(&format!("stat -f -c '%f %S' {}", path.display()));
     let (blocks, size) = out.trim().split_once(' ').unwrap();
     blocks.parse::<u64>().unwrap() * size.parse::<u64>().unwrap()
@@ -212,6 +212,12 @@ fn wait_for_free_space(path: &Path, bytes: u64) {
 
 #[test]
 fn an_unprivileged_user_meets_the_root_reserve_as_natively() {
+    meets_the_root_reserve_as_natively(&[]);
+}
+
+/// Writes of every kind by nobody (and by root of a user namespace of its own) through a
+/// fastfs mounted with `options` stop at the root reserve, as natively.
+pub(crate) fn meets_the_root_reserve_as_natively(options: &[&str]) {
     // Half of this filesystem is reserved for root.
     let small = LoopFs::new("mkfs.ext4 -q -F -m 50 -O ^has_journal", "64M");
     for dir in ["native", "data"] {
@@ -222,7 +228,9 @@ fn an_unprivileged_user_meets_the_root_reserve_as_natively() {
     let empty = free_bytes(&small.path);
     let native = bytes_until_enospc(&small.path.join("native/fill"));
     fs::remove_file(small.path.join("native/fill")).unwrap();
-    let m = Mounted::over(&small.path, &["allow_other"]);
+    let mut opts = vec!["allow_other"];
+    opts.extend_from_slice(options);
+    let m = Mounted::over(&small.path, &opts);
     make_traversable(&m.mnt);
     let through = bytes_until_enospc(&m.m("data/fill"));
     eprintln!("nobody wrote {native} bytes natively, {through} through fastfs");

@@ -10,6 +10,7 @@ mod caller;
 mod cli;
 mod copy;
 mod deploy;
+mod idmap;
 mod inodes;
 mod juicefs;
 mod load;

@@ -133,6 +133,9 @@ pub struct MountOptions {
     /// Take fcntl and flock locks on the backing files (`locks=backing`, the default), or
     /// keep them in the kernel, among users of this mount only (`locks=local`).
     pub forward_locks: bool,
+    /// Let the mount be bound through an idmapped mount (`idmap`, FUSE_ALLOW_IDMAP): the
+    /// kernel then withholds the caller's ids from most requests (see `crate::creds`).
+    pub idmap: bool,
 }
 
 impl Default for MountOptions {
@@ -149,6 +152,7 @@ impl Default for MountOptions {
             flags_named: (0, 0),
             file_handles: true,
             forward_locks: true,
+            idmap: false,
         }
     }
 }
@@ -216,6 +220,7 @@ impl MountOptions {
                 }
                 ("remount", None) => o.remount = true,
                 ("allow_other", None) => o.allow_other = true,
+                ("idmap", None) => o.idmap = true,
                 // Always on: the kernel checks permissions and ACLs for every caller.
                 ("default_permissions" | "acl", None) => {}
                 ("noacl", None) => bail!(
@@ -268,7 +273,12 @@ impl MountOptions {
                     if flag_option(k).is_some()
                         || matches!(
                             k,
-                            "allow_other" | "default_permissions" | "acl" | "noacl" | "remount"
+                            "allow_other"
+                                | "default_permissions"
+                                | "acl"
+                                | "noacl"
+                                | "remount"
+                                | "idmap"
                         ) =>
                 {
                     bail!("option '{key}' takes no value")
@@ -402,6 +412,7 @@ mod tests {
             MountOptions::default()
         );
         assert_eq!(o.threads, 8);
+        assert!(!o.idmap && MountOptions::parse(&["idmap"]).unwrap().idmap);
         assert_eq!(o.cache, Cache::Never);
         assert_eq!(o.uring, Uring::Auto);
         assert_eq!(MountOptions::parse(&["uring=on"]).unwrap().uring, Uring::On);
@@ -458,6 +469,7 @@ mod tests {
         assert!(err(&["threads=0"]).contains("threads"));
         assert!(err(&["threads"]).contains("needs a value"));
         assert!(err(&["ro=1"]).contains("takes no value"));
+        assert!(err(&["idmap=yes"]).contains("takes no value"));
         assert!(err(&["cache=sometimes"]).contains("cache"));
         assert_eq!(
             err(&["uring=yes"]),

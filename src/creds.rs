@@ -34,6 +34,17 @@
 //! A caller with the daemon's uid (root) acts with the daemon's capabilities: a request
 //! does not say which capabilities its caller has, but the kernel has already checked
 //! them (`default_permissions`) before sending it.
+//!
+//! With `-o idmap` (FUSE_ALLOW_IDMAP) the kernel withholds the caller's ids from every
+//! request but those that create an object, which carry the owner-to-be as an idmapped
+//! mount maps it; the others carry uid and gid -1. The kernel has checked permission
+//! (in the idmapped view), so those run as the [`Role::Agent`]: an unprivileged uid
+//! with only the capabilities that let it do what was checked (no CAP_SYS_RESOURCE, so
+//! no root reserve or quota override; no CAP_SYS_ADMIN). A creator whose `/proc` status
+//! does not name the carried ids (it came through an idmapped mount) creates as those
+//! ids with no groups and only CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_MKNOD,
+//! whose checks the kernel made on the parent; it never opens an existing file with
+//! them. Writes for either run with no capability at all (see [`Credentials::act_as_writer`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -56,7 +67,49 @@ pub struct Caller {
     pub pid: u32,
 }
 
+const CAP_CHOWN: u32 = 0;
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_FOWNER: u32 = 3;
+const CAP_FSETID: u32 = 4;
+const CAP_MKNOD: u32 = 27;
 const CAP_SYS_ADMIN: u32 = 21;
+
+/// The uid and gid the agent acts with (see [`Role::Agent`]): the kernel's overflow ids,
+/// owners of nothing an operator would reserve blocks for.
+pub const AGENT_ID: u32 = 65534;
+
+/// What the agent may do on its own: exactly what the kernel has already checked for
+/// the caller (search, read and write by mode and ACL; ownership for chmod, times and
+/// chown; keeping set-gid on chmod).
+const AGENT_CAPS: u64 = (1 << CAP_CHOWN)
+    | (1 << CAP_DAC_OVERRIDE)
+    | (1 << CAP_DAC_READ_SEARCH)
+    | (1 << CAP_FOWNER)
+    | (1 << CAP_FSETID);
+
+/// What a creator seen through an idmapped mount may do: create where the kernel found
+/// the parent writable in its view.
+const MAPPED_CREATOR_CAPS: u64 =
+    (1 << CAP_DAC_OVERRIDE) | (1 << CAP_DAC_READ_SEARCH) | (1 << CAP_MKNOD);
+
+/// How the daemon acts for a caller (see the module text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// As the caller itself: its ids, groups and capabilities.
+    Caller,
+    /// A request without ids (`-o idmap`): as the agent.
+    Agent,
+    /// A creation through an idmapped mount: as the carried ids, without groups.
+    MappedCreator,
+}
+
+impl Caller {
+    /// Whether the kernel withheld the caller's ids (FUSE_INVALID_UIDGID).
+    pub fn is_unknown(&self) -> bool {
+        self.uid == u32::MAX || self.gid == u32::MAX
+    }
+}
 
 /// How long groups and capabilities read from `/proc` are trusted.
 pub const STATUS_TTL: Duration = Duration::from_secs(1);
@@ -85,6 +138,8 @@ thread_local! {
 /// The daemon's own identity, and the cache of what callers' `/proc` status says.
 pub struct Credentials {
     daemon: Identity,
+    /// Whether requests may come without ids (`-o idmap`).
+    idmap: bool,
     /// The daemon's user namespace (the inode number of `/proc/self/ns/user`).
     user_ns: Option<u64>,
     cache: Mutex<HashMap<Caller, CachedStatus>>,
@@ -144,9 +199,10 @@ fn fatal(e: io::Error) -> ! {
 
 impl Credentials {
     /// The credentials of the calling thread (the daemon's).
-    pub fn of_daemon() -> io::Result<Self> {
+    pub fn of_daemon(idmap: bool) -> io::Result<Self> {
         let (uid, gid) = sys::effective_ids();
         Ok(Credentials {
+            idmap,
             daemon: Identity {
                 uid,
                 gid,
@@ -160,9 +216,27 @@ impl Credentials {
         })
     }
 
+    /// Whether requests may come without ids (`-o idmap`).
+    pub fn idmap(&self) -> bool {
+        self.idmap
+    }
+
     /// How many times serving threads changed identity.
     pub fn switches(&self) -> u64 {
         self.switches.load(Ordering::Relaxed)
+    }
+
+    /// How the daemon acts for `caller`.
+    pub fn role(&self, caller: &Caller) -> Role {
+        if !self.idmap {
+            Role::Caller
+        } else if caller.is_unknown() {
+            Role::Agent
+        } else if self.status(caller).is_some() {
+            Role::Caller
+        } else {
+            Role::MappedCreator
+        }
     }
 
     /// Makes the calling thread act as `caller` (if it does not already): its uid, gid,
@@ -170,20 +244,76 @@ impl Credentials {
     /// `/proc/PID/status` of the requesting thread gives them. When that cannot be read
     /// (the pid is in no namespace the daemon sees, or gone) the caller has no
     /// supplementary groups, and no capabilities unless its uid is the daemon's, which
-    /// then acts with the daemon's.
+    /// then acts with the daemon's. With `-o idmap`, see [`Role`].
     pub fn act_as(&self, caller: &Caller) -> io::Result<Acting> {
-        let (groups, caps) = match self.status(caller) {
-            Some(ids) => (ids.groups, ids.caps & self.daemon.caps),
-            None if caller.uid == self.daemon.uid => (self.daemon.groups.clone(), self.daemon.caps),
-            None => (Arc::from([]), 0),
-        };
-        self.become_(Identity {
-            uid: caller.uid,
-            gid: caller.gid,
-            groups,
-            caps,
-        })?;
+        self.become_(self.identity_for(caller, self.role(caller)))?;
         Ok(Acting { lower_to: None })
+    }
+
+    fn identity_for(&self, caller: &Caller, role: Role) -> Identity {
+        match role {
+            Role::Agent => self.agent(AGENT_CAPS),
+            Role::MappedCreator => Identity {
+                uid: caller.uid,
+                gid: caller.gid,
+                groups: Arc::from([]),
+                caps: MAPPED_CREATOR_CAPS & self.daemon.caps,
+            },
+            Role::Caller => {
+                let (groups, caps) = match self.status(caller) {
+                    Some(ids) => (ids.groups, ids.caps & self.daemon.caps),
+                    None if caller.uid == self.daemon.uid => {
+                        (self.daemon.groups.clone(), self.daemon.caps)
+                    }
+                    None => (Arc::from([]), 0),
+                };
+                Identity {
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    groups,
+                    caps,
+                }
+            }
+        }
+    }
+
+    fn agent(&self, caps: u64) -> Identity {
+        Identity {
+            uid: AGENT_ID,
+            gid: AGENT_ID,
+            groups: Arc::from([]),
+            caps: caps & self.daemon.caps,
+        }
+    }
+
+    /// [`Self::act_as`] for a write of data (write, fallocate, copy_file_range), whose
+    /// permission was settled when the file was opened. What the identity still decides
+    /// is the root reserve, quota and whether set-id bits survive the write. A caller
+    /// acts as itself; the agent and a mapped creator act as the agent with no
+    /// capability, keeping set-id bits only with CAP_FSETID when the kernel, which knows
+    /// the caller, did not ask to drop them (`keep_set_id`).
+    pub fn act_as_writer(&self, caller: &Caller, keep_set_id: bool) -> io::Result<Acting> {
+        match self.role(caller) {
+            Role::Caller => self.act_as(caller),
+            Role::Agent | Role::MappedCreator => {
+                let caps = if keep_set_id { 1 << CAP_FSETID } else { 0 };
+                self.become_(self.agent(caps))?;
+                Ok(Acting { lower_to: None })
+            }
+        }
+    }
+
+    /// The uid whose share of handles and locks a request counts against: the caller's,
+    /// or for a request without ids the real uid of the requesting process (all such
+    /// requests would otherwise share one share).
+    pub fn account_uid(&self, caller: &Caller) -> u32 {
+        if !caller.is_unknown() || caller.pid == 0 {
+            return caller.uid;
+        }
+        std::fs::read(format!("/proc/{}/status", caller.pid))
+            .ok()
+            .and_then(|status| real_uid_from_status(&status))
+            .unwrap_or(u32::MAX)
     }
 
     /// Makes the calling thread the daemon itself, for calls that need its rights.
@@ -212,7 +342,9 @@ impl Credentials {
     /// backing file. CAP_SYS_ADMIN gives such a write no way past permission, the root
     /// reserve, quota or set-id dropping.
     pub fn act_as_registrant(&self, caller: &Caller) -> io::Result<Acting> {
-        let _acting = self.act_as(caller)?;
+        // A passthrough write never reaches the daemon, so the kernel cannot ask it to
+        // drop set-id bits: the registrant must have no CAP_FSETID unless it is the caller.
+        let _acting = self.act_as_writer(caller, false)?;
         let caps = CURRENT.with_borrow(|c| c.as_ref().map_or(0, |c| c.caps));
         let admin = 1 << CAP_SYS_ADMIN;
         if caps & admin != 0 {
@@ -353,6 +485,17 @@ fn user_namespace(pid: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// The real uid (the first field of `Uid:`) in a `/proc/PID/status` text.
+pub fn real_uid_from_status(status: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(status).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The supplementary groups and effective capabilities in a `/proc/PID/status` text, if
 /// its filesystem uid and gid (the fourth fields of `Uid:` and `Gid:`) are `uid` and
 /// `gid`: the process that made a request may have changed identity, or its pid may have
@@ -404,6 +547,14 @@ mod tests {
     }
 
     #[test]
+    fn the_real_uid_is_the_first_field_of_uid() {
+        assert_eq!(real_uid_from_status(STATUS.as_bytes()), Some(1000));
+        assert_eq!(real_uid_from_status(b"Uid:\t-1\n"), None);
+        assert_eq!(real_uid_from_status(b"Gid:\t5\n"), None);
+        assert_eq!(real_uid_from_status(b""), None);
+    }
+
+    #[test]
     fn another_identity_or_a_broken_status_gives_no_groups() {
         assert_eq!(groups(STATUS, 1001, 100), None);
         assert_eq!(groups(STATUS, 1000, 0), None);
@@ -419,7 +570,7 @@ mod tests {
 
     #[test]
     fn a_switch_applies_to_this_thread_only_and_is_kept_until_another_is_needed() {
-        let creds = Credentials::of_daemon().unwrap();
+        let creds = Credentials::of_daemon(false).unwrap();
         assert_eq!(sys::effective_ids().0, 0, "the tests run as root");
         let nobody = Caller {
             uid: 65534,
@@ -469,7 +620,7 @@ mod tests {
 
     #[test]
     fn root_without_capabilities_is_acted_as_without_them() {
-        let creds = Credentials::of_daemon().unwrap();
+        let creds = Credentials::of_daemon(false).unwrap();
         let mut capless = std::process::Command::new("setpriv")
             .args(["--inh-caps=-all", "--bounding-set=-all", "sleep", "10"])
             .spawn()
@@ -506,6 +657,16 @@ mod tests {
         #[test]
         fn any_status_text_parses_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = ids_from_status(&bytes, 0, 0);
+        }
+
+        #[test]
+        fn any_status_text_gives_a_real_uid_or_none_without_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            uid in any::<u32>(),
+        ) {
+            let _ = real_uid_from_status(&bytes);
+            let status = format!("Name:\tx\nUid:\t{uid}\t1\t2\t3\nGid:\t0\t0\t0\t0\n");
+            prop_assert_eq!(real_uid_from_status(status.as_bytes()), Some(uid));
         }
 
         #[test]

@@ -21,7 +21,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::copy;
 pub use crate::creds::Caller;
-use crate::creds::Credentials;
+use crate::creds::{Credentials, Role};
 use crate::handle::{Handle, HandleTable};
 use crate::inode::{FdCache, FileHandle, Found, Identity, Inode, InodeTable, Key, NodeId, ROOT_ID};
 use crate::locks::Locks;
@@ -61,6 +61,9 @@ pub struct SetAttr {
     /// The kernel asks to drop set-user-id, set-group-id and file capabilities, as a
     /// write by the caller or `chown(f, -1, -1)` does natively (FUSE_HANDLE_KILLPRIV_V2).
     pub kill_privileges: bool,
+    /// The kernel, knowing the caller, asks that a truncate or chown drop set-id bits
+    /// (FATTR_KILL_SUIDGID).
+    pub kill_suidgid: bool,
 }
 
 /// Flags a backing descriptor is never opened with: creation is done by `create`,
@@ -85,6 +88,8 @@ pub struct FsOptions {
     pub forward_locks: bool,
     /// Which reads leave the backing files' access times alone.
     pub atime: Atime,
+    /// Requests may come without the caller's ids (`-o idmap`, see [`crate::creds`]).
+    pub idmap: bool,
 }
 
 /// The mount's `noatime` and `nodiratime`, applied to the backing files: they are opened
@@ -150,9 +155,9 @@ pub struct Fs {
     /// when inodes are kept by descriptor.
     mount_fd: Option<OwnedFd>,
     /// The mount the backing root is on.
-    root_mnt: u64,
+    pub(crate) root_mnt: u64,
     /// `(mount, device, inode number)` of the backing root.
-    root_ident: (u64, u64, u64),
+    pub(crate) root_ident: (u64, u64, u64),
     /// The backing root's device, if it is a local disk or memory filesystem (on which a
     /// close needs no flush request: nothing is written back or reported at close).
     local_root_dev: Option<u64>,
@@ -174,6 +179,8 @@ pub struct Fs {
     invalidate: std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>,
     pub(crate) locks: Locks,
     atime: Atime,
+    /// With `-o idmap`: what the kernel was told of each node's owner and mode.
+    pub(crate) reported: Option<crate::idmap::Reported>,
 }
 
 /// How long an allocation that failed with ENOSPC waits for orphans to be released.
@@ -205,7 +212,7 @@ fn timespec(time: Option<SetTime>) -> libc::timespec {
 }
 
 /// `(mount, device, inode number)` of a `statx` result.
-fn ident(st: &sys::StatMount) -> (u64, u64, u64) {
+pub(crate) fn ident(st: &sys::StatMount) -> (u64, u64, u64) {
     (st.mnt_id, st.st.st_dev, st.st.st_ino)
 }
 
@@ -261,7 +268,7 @@ impl Fs {
             local_root_dev,
             handles: HandleTable::new(sys::effective_ids().0, options.handles_per_user()),
             stats: Stats::default(),
-            creds: Credentials::of_daemon()?,
+            creds: Credentials::of_daemon(options.idmap)?,
             stale_creates: StaleCreates::default(),
             descriptor_budget: options.descriptor_budget(),
             prune_wanted: (Mutex::new(false), Condvar::new()),
@@ -270,6 +277,7 @@ impl Fs {
             invalidate: std::sync::OnceLock::new(),
             locks: Locks::new(options.forward_locks, options.lock_owners_per_user()),
             atime: options.atime,
+            reported: options.idmap.then(crate::idmap::Reported::new),
         })
     }
 
@@ -283,7 +291,7 @@ impl Fs {
         let _ = self.invalidate.set(invalidate);
     }
 
-    fn invalidate_attributes(&self, id: NodeId) {
+    pub(crate) fn invalidate_attributes(&self, id: NodeId) {
         if let Some(invalidate) = self.invalidate.get() {
             invalidate(id);
         }
@@ -320,6 +328,21 @@ impl Fs {
     ) -> io::Result<T> {
         let _as = self.creds.act_as_registrant(caller)?;
         register()
+    }
+
+    /// Who a write by `caller` runs as, for sharing one passthrough backing file: the
+    /// caller's ids, or (u32::MAX, u32::MAX) for the agent, which writes for every
+    /// caller without ids alike (see [`Credentials::act_as_writer`]).
+    pub fn writer_identity(&self, caller: &Caller) -> (u32, u32) {
+        match self.creds.role(caller) {
+            Role::Caller => (caller.uid, caller.gid),
+            Role::Agent | Role::MappedCreator => (u32::MAX, u32::MAX),
+        }
+    }
+
+    /// Whether requests may come without the caller's ids (`-o idmap`).
+    pub fn idmap(&self) -> bool {
+        self.creds.idmap()
     }
 
     pub fn inode(&self, id: NodeId) -> io::Result<Arc<Inode>> {
@@ -514,6 +537,9 @@ impl Fs {
             other => other?,
         };
         let parent_fd = self.path_fd(&parent)?;
+        if name.as_bytes() != b"." {
+            self.check_as_seen(caller, parent.id, &parent_fd)?;
+        }
         let _as = self.creds.act_as(caller)?;
         match name.as_bytes() {
             b"." => self.add_lookup(parent),
@@ -542,6 +568,7 @@ impl Fs {
     pub fn forget(&self, id: NodeId, count: u64) {
         if let Some(inode) = self.inodes.forget(id, count) {
             self.fds.remove(id);
+            self.forget_reported(id);
             if self.orphans.lock().remove(&id) {
                 self.orphans_released.notify_all();
             }
@@ -598,6 +625,8 @@ impl Fs {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
         let fd = self.path_fd(&inode)?;
+        self.check_as_seen(caller, id, &fd)?;
+        let role = self.creds.role(caller);
         if change.kill_privileges {
             self.kill_privileges(&inode, &fd, caller)?;
         }
@@ -628,6 +657,15 @@ impl Fs {
                 &[timespec(change.atime), timespec(change.mtime)],
             )?;
         }
+        // The agent keeps set-id bits (CAP_FSETID, for a chmod the kernel checked); the
+        // kernel, which knows the caller, said whether this truncate or chown drops them.
+        if role != Role::Caller
+            && change.kill_suidgid
+            && (change.size.is_some() || change.uid.is_some() || change.gid.is_some())
+        {
+            drop(_as);
+            self.drop_set_id_bits(&fd)?;
+        }
         let st = sys::fstat(fd.as_fd())?;
         Ok(Entry { inode, st })
     }
@@ -643,6 +681,13 @@ impl Fs {
     /// owner the daemon drops the bits itself only if the caller may write the file:
     /// natively its next write would drop them anyway.
     fn kill_privileges(&self, inode: &Inode, fd: &OwnedFd, caller: &Caller) -> io::Result<()> {
+        // Without the caller's ids (`-o idmap`) neither the kernel nor the daemon can tell
+        // an owner's chown(f, -1, -1) from anyone's: it changes nothing. Every write of
+        // data by the agent runs without CAP_FSETID (or drops the bits as the kernel
+        // asks), so no write keeps them.
+        if self.creds.role(caller) != Role::Caller {
+            return Ok(());
+        }
         let as_caller = {
             let _as = self.creds.act_as(caller)?;
             match sys::fchown_fd(fd.as_fd(), u32::MAX, u32::MAX) {
@@ -680,6 +725,13 @@ impl Fs {
         Ok(())
     }
 
+    /// Drops set-user-id, set-group-id (with group execute) and file capabilities of the
+    /// object of `fd`, as `chown(f, -1, -1)` by the daemon does.
+    fn drop_set_id_bits(&self, fd: &OwnedFd) -> io::Result<()> {
+        let _daemon = self.creds.as_daemon()?;
+        sys::fchown_fd(fd.as_fd(), u32::MAX, u32::MAX)
+    }
+
     pub fn readlink(&self, id: NodeId) -> io::Result<Vec<u8>> {
         sys::readlink_fd(self.path_fd_of(id)?.as_fd())
     }
@@ -693,6 +745,7 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<Entry> {
         let parent_fd = self.path_fd_of(parent)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mkdirat(parent_fd.as_fd(), &name, mode)?;
@@ -709,6 +762,7 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<Entry> {
         let parent_fd = self.path_fd_of(parent)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mknodat(parent_fd.as_fd(), &name, mode, libc::dev_t::from(rdev))?;
@@ -723,6 +777,7 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<Entry> {
         let parent_fd = self.path_fd_of(parent)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
         let _as = self.creds.act_as(caller)?;
         sys::symlinkat(&sys::cstr(target)?, parent_fd.as_fd(), &name)?;
@@ -739,6 +794,8 @@ impl Fs {
         let inode = self.inodes.get(id)?;
         let fd = self.path_fd(&inode)?;
         let parent_fd = self.path_fd_of(new_parent)?;
+        self.check_as_seen(caller, id, &fd)?;
+        self.check_as_seen(caller, new_parent, &parent_fd)?;
         let new_name = component(new_name)?;
         let _as = self.creds.act_as(caller)?;
         // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, link through /proc (where
@@ -787,6 +844,8 @@ impl Fs {
     pub fn unlink(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
         let _as = self.creds.act_as(caller)?;
         let before = sys::statx(parent_fd.as_fd(), &name, 0).ok();
         sys::unlinkat(parent_fd.as_fd(), &name, 0)?;
@@ -796,8 +855,11 @@ impl Fs {
 
     pub fn rmdir(&self, parent: NodeId, name: &OsStr, caller: &Caller) -> io::Result<()> {
         let parent_fd = self.path_fd_of(parent)?;
+        let name = component(name)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
         let _as = self.creds.act_as(caller)?;
-        sys::unlinkat(parent_fd.as_fd(), &component(name)?, libc::AT_REMOVEDIR)
+        sys::unlinkat(parent_fd.as_fd(), &name, libc::AT_REMOVEDIR)
     }
 
     /// `renameat2(2)` with the request's flags (NOREPLACE, EXCHANGE, WHITEOUT) unchanged.
@@ -813,6 +875,10 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         let new_parent_fd = self.path_fd_of(new_parent)?;
         let (name, new_name) = (component(name)?, component(new_name)?);
+        self.check_as_seen(caller, parent, &parent_fd)?;
+        self.check_as_seen(caller, new_parent, &new_parent_fd)?;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
+        self.check_entry_as_seen(caller, new_parent, &new_parent_fd, &new_name)?;
         let _as = self.creds.act_as(caller)?;
         let replaced = if flags & libc::RENAME_EXCHANGE == 0 {
             sys::statx(new_parent_fd.as_fd(), &new_name, 0)
@@ -873,12 +939,20 @@ impl Fs {
 
     /// Opens `id` for the caller: the backing filesystem checks the caller's permission
     /// against the file as it is now, whatever the kernel's cached attributes say.
-    pub fn open(&self, id: NodeId, flags: i32, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
+    /// `kill_suidgid`: the kernel asks that an `O_TRUNC` drop set-id bits.
+    pub fn open(
+        &self,
+        id: NodeId,
+        flags: i32,
+        kill_suidgid: bool,
+        caller: &Caller,
+    ) -> io::Result<(u64, Arc<Handle>)> {
         let inode = self.inodes.get(id)?;
         if inode.kind == libc::S_IFLNK {
             return Err(errno(libc::ELOOP));
         }
         let path_fd = self.path_fd(&inode)?;
+        self.check_as_seen(caller, id, &path_fd)?;
         let before = (flags & libc::O_TRUNC != 0)
             .then(|| sys::fstat(path_fd.as_fd()))
             .transpose()?;
@@ -886,6 +960,9 @@ impl Fs {
             let _as = self.creds.act_as(caller)?;
             self.reopen(&path_fd, flags)?
         };
+        if before.is_some() && kill_suidgid && self.creds.role(caller) != Role::Caller {
+            self.drop_set_id_bits(&path_fd)?;
+        }
         // Truncation may have dropped set-id bits, which the kernel, having cached the
         // mode, would not know.
         if let Some(before) = before
@@ -893,17 +970,28 @@ impl Fs {
         {
             self.invalidate_attributes(inode.id);
         }
-        self.handles.insert(inode, *caller, fd)
+        self.insert_handle(inode, caller, fd)
+    }
+
+    fn insert_handle(
+        &self,
+        inode: Arc<Inode>,
+        caller: &Caller,
+        fd: OwnedFd,
+    ) -> io::Result<(u64, Arc<Handle>)> {
+        let account = self.creds.account_uid(caller);
+        self.handles.insert(inode, *caller, account, fd)
     }
 
     pub fn opendir(&self, id: NodeId, caller: &Caller) -> io::Result<(u64, Arc<Handle>)> {
         let inode = self.inodes.get(id)?;
         let path_fd = self.path_fd(&inode)?;
+        self.check_as_seen(caller, id, &path_fd)?;
         let fd = {
             let _as = self.creds.act_as(caller)?;
             self.reopen(&path_fd, libc::O_RDONLY | libc::O_DIRECTORY)?
         };
-        self.handles.insert(inode, *caller, fd)
+        self.insert_handle(inode, caller, fd)
     }
 
     /// Creates `name` as the caller and opens it. The backing create always uses
@@ -927,6 +1015,7 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<(Entry, u64, Arc<Handle>)> {
         let parent_fd = self.path_fd_of(parent)?;
+        self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         let mut create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
@@ -951,7 +1040,14 @@ impl Fs {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                     self.stats.count(&self.stats.create_found_existing, 1);
-                    match self.open_existing(&parent_fd, &name, flags) {
+                    // Only a caller acting as itself opens what it did not create: a
+                    // mapped creator's capabilities were checked for creating alone.
+                    let existing = if self.creds.role(caller) == Role::Caller {
+                        self.open_existing(&parent_fd, &name, flags)
+                    } else {
+                        Err(errno(libc::EACCES))
+                    };
+                    match existing {
                         Ok(opened) => break opened,
                         // Gone again: create it after all.
                         Err(e) if e.raw_os_error() == Some(libc::ENOENT) && vanished < 3 => {
@@ -967,7 +1063,7 @@ impl Fs {
             }
         };
         let entry = self.remember_opened(path_fd)?;
-        let (fh, handle) = match self.handles.insert(entry.inode.clone(), *caller, fd) {
+        let (fh, handle) = match self.insert_handle(entry.inode.clone(), caller, fd) {
             Ok(opened) => opened,
             Err(e) => {
                 // The kernel will never hear of this inode: give its lookup back.
@@ -1022,15 +1118,21 @@ impl Fs {
     /// reserve and quota and drops set-id bits as for its own write. A write-back of
     /// dirty pages (`writer` None) comes from a kernel thread with no credentials of the
     /// writer's: it is made as whoever opened the handle.
+    ///
+    /// `kill_suidgid`: the kernel asks that this write drop set-id bits (for the agent,
+    /// which otherwise keeps them; a caller acting as itself drops them natively).
     pub fn write(
         &self,
         fh: u64,
         offset: u64,
         data: &[u8],
         writer: Option<&Caller>,
+        kill_suidgid: bool,
     ) -> io::Result<usize> {
         let handle = self.handles.get(fh)?;
-        let _as = self.creds.act_as(writer.unwrap_or(&handle.opener))?;
+        let _as = self
+            .creds
+            .act_as_writer(writer.unwrap_or(&handle.opener), !kill_suidgid)?;
         let n = self.allocating(|| sys::pwrite(handle.fd(), data, offset))?;
         self.stats.count(&self.stats.write_bytes, n as u64);
         Ok(n)
@@ -1070,7 +1172,7 @@ impl Fs {
         caller: &Caller,
     ) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
-        let _as = self.creds.act_as(caller)?;
+        let _as = self.creds.act_as_writer(caller, false)?;
         self.allocating(|| sys::fallocate(handle.fd(), mode, offset, len))
     }
 
@@ -1089,7 +1191,7 @@ impl Fs {
     ) -> io::Result<u64> {
         let src = self.handles.get(fh_in)?;
         let dst = self.handles.get(fh_out)?;
-        let _as = self.creds.act_as(caller)?;
+        let _as = self.creds.act_as_writer(caller, false)?;
         self.allocating(|| {
             copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
         })
@@ -1177,6 +1279,7 @@ mod tests {
                 file_handles: true,
                 forward_locks: true,
                 atime: Atime::default(),
+                idmap: false,
             },
         )
         .unwrap();
@@ -1245,7 +1348,7 @@ mod tests {
             libc::ENOTDIR
         );
         assert_eq!(
-            err_of(fs.open(link.inode.id, libc::O_RDONLY, ME)),
+            err_of(fs.open(link.inode.id, libc::O_RDONLY, false, ME)),
             libc::ELOOP
         );
         // An existing name that is not a regular file goes back to the kernel (ESTALE:
@@ -1264,7 +1367,7 @@ mod tests {
             .create(ROOT_ID, os("f"), 0o640, 0, libc::O_RDWR | libc::O_EXCL, ME)
             .unwrap();
         assert_eq!(entry.st.st_mode & 0o777, 0o640);
-        assert_eq!(fs.write(fh, 0, b"hello", Some(ME)).unwrap(), 5);
+        assert_eq!(fs.write(fh, 0, b"hello", Some(ME), false).unwrap(), 5);
         assert_eq!(fs.read(fh, 1, 10).unwrap(), b"ello");
         fs.release(fh).unwrap();
         assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"hello");
@@ -1340,7 +1443,7 @@ mod tests {
         let id = fs.lookup(ROOT_ID, os("old"), ME).unwrap().inode.id;
         std::fs::rename(dir.path().join("old"), dir.path().join("new")).unwrap();
         std::fs::write(dir.path().join("old"), b"impostor").unwrap();
-        let (fh, _) = fs.open(id, libc::O_RDONLY, ME).unwrap();
+        let (fh, _) = fs.open(id, libc::O_RDONLY, false, ME).unwrap();
         assert_eq!(fs.read(fh, 0, 100).unwrap(), b"content");
     }
 

@@ -74,6 +74,8 @@ pub struct Handle {
     pub inode: Arc<Inode>,
     /// Who opened it: whose writes the kernel's write-back of dirty pages makes.
     pub opener: Caller,
+    /// The uid whose share of handles it counts against (see `Credentials::account_uid`).
+    account: u32,
     /// State shared by every open handle of the inode.
     pub open_state: Arc<InodeOpenState>,
     file: OwnedFd,
@@ -91,12 +93,14 @@ impl Handle {
     fn new(
         inode: Arc<Inode>,
         opener: Caller,
+        account: u32,
         open_state: Arc<InodeOpenState>,
         file: OwnedFd,
     ) -> Self {
         Handle {
             inode,
             opener,
+            account,
             open_state,
             file,
             dir_position: Mutex::new(()),
@@ -159,22 +163,24 @@ impl HandleTable {
         }
     }
 
-    /// Registers an open `file` of `inode` by `opener`; returns its handle number and the
-    /// handle. ENFILE when the opener holds as many handles as one user may.
+    /// Registers an open `file` of `inode` by `opener`, counted against uid `account`;
+    /// returns its handle number and the handle. ENFILE when `account` holds as many
+    /// handles as one user may.
     pub fn insert(
         &self,
         inode: Arc<Inode>,
         opener: Caller,
+        account: u32,
         file: OwnedFd,
     ) -> std::io::Result<(u64, Arc<Handle>)> {
         let mut open = self.open.lock();
-        if opener.uid != self.daemon_uid {
-            let held = open.by_user.entry(opener.uid).or_default();
+        if account != self.daemon_uid {
+            let held = open.by_user.entry(account).or_default();
             if *held >= self.per_user {
                 drop(open);
                 log::warn!(
                     "uid {} holds {} open files through the mount; refusing more",
-                    opener.uid,
+                    account,
                     self.per_user
                 );
                 return Err(std::io::Error::from_raw_os_error(libc::ENFILE));
@@ -190,7 +196,7 @@ impl HandleTable {
                 state
             }
         };
-        let handle = Arc::new(Handle::new(inode, opener, state, file));
+        let handle = Arc::new(Handle::new(inode, opener, account, state, file));
         open.handles.insert(fh, handle.clone());
         Ok((fh, handle))
     }
@@ -209,10 +215,10 @@ impl HandleTable {
     pub fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
         let mut open = self.open.lock();
         let handle = open.handles.remove(&fh)?;
-        if let Some(held) = open.by_user.get_mut(&handle.opener.uid) {
+        if let Some(held) = open.by_user.get_mut(&handle.account) {
             *held -= 1;
             if *held == 0 {
-                open.by_user.remove(&handle.opener.uid);
+                open.by_user.remove(&handle.account);
             }
         }
         // The last handle object of its inode: the state goes with it.

@@ -30,6 +30,7 @@ pub mod creds;
 pub mod dir;
 pub mod fs;
 pub mod handle;
+pub mod idmap;
 pub mod inode;
 pub mod locks;
 pub mod logger;

@@ -578,6 +578,11 @@ impl Fs {
         wait: Option<u64>,
         caller: &Caller,
     ) -> io::Result<()> {
+        // Locks act with no identity of the caller's; its uid only counts its share.
+        let caller = &Caller {
+            uid: self.creds.account_uid(caller),
+            ..*caller
+        };
         let handle = self.handles.get(fh)?;
         let key = Self::lock_key(&handle)?;
         let unlock = lock.typ as i32 == libc::F_UNLCK;

@@ -38,6 +38,7 @@ struct Cli {
     /// threads=N (default 4),
     /// passthrough=auto|on|off (default auto), uring=auto|on|off (default auto: FUSE over
     /// io_uring where the kernel offers it), file_handles=auto|off (default auto),
+    /// locks=backing|local (default backing), idmap (allow idmapped binds),
     /// cache=always|auto|never (default always:
     /// only the mount changes BACKING; auto: others change it too; never: no caching).
     #[arg(short = 'o', value_name = "OPT[,OPT...]", action = ArgAction::Append)]

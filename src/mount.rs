@@ -88,6 +88,13 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
     crate::locks::install_wake_signal()
         .map_err(|e| Error(format!("cannot install the lock wake-up signal: {e}")))?;
 
+    if config.options.idmap && sys::effective_ids().0 != 0 {
+        return Err(Error(
+            "option idmap needs fastfs to run as root: only requests that create carry \
+             the caller's ids, and the others are served with rights the daemon lends"
+                .into(),
+        ));
+    }
     if config.options.uring == Uring::On && !uring_enabled_in_kernel() {
         return Err(uring_refused());
     }
@@ -138,6 +145,7 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
                 file_handles: config.options.file_handles,
                 forward_locks: config.options.forward_locks,
                 atime: crate::fs::Atime::of_mount_flags(config.options.flags),
+                idmap: config.options.idmap,
             },
         )
         .map_err(|e| Error(format!("backing directory: {e}")))?,
@@ -180,9 +188,17 @@ pub fn serve(config: &Config, on_ready: impl FnOnce()) -> Result<(), Error> {
         passthrough: config.options.passthrough != Passthrough::Off,
         uring: config.options.uring != Uring::Off,
         locks: config.options.forward_locks,
+        idmap: config.options.idmap,
     };
     let (session, negotiated, rings) = transport::handshake(dev, wanted)
         .map_err(|e| Error(format!("FUSE handshake with the kernel failed: {e}")))?;
+    if config.options.idmap && !negotiated.idmap {
+        return Err(Error(
+            "option idmap: the kernel does not allow idmapped FUSE mounts \
+             (FUSE_ALLOW_IDMAP needs Linux 6.12)"
+                .into(),
+        ));
+    }
     let rings = match rings {
         RingSetup::Ready(prepared) => Some(prepared),
         RingSetup::NotOffered if config.options.uring == Uring::On => {

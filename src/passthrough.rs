@@ -189,6 +189,7 @@ impl Passthrough {
             return None;
         }
         let state = &handle.open_state;
+        let writer = fs.writer_identity(caller);
         let (backing, registrant) = match state.shared_backing() {
             Some(shared) => shared,
             None => {
@@ -198,7 +199,7 @@ impl Passthrough {
                         id,
                         closer: self.closer.clone(),
                     };
-                    Ok(state.install_backing(fresh, (caller.uid, caller.gid)))
+                    Ok(state.install_backing(fresh, writer))
                 });
                 match registered {
                     Ok(installed) => installed,
@@ -223,7 +224,7 @@ impl Passthrough {
         fs.stats.count(&fs.stats.passthrough_opens, 1);
         Some(PassthroughOpen {
             backing,
-            reads_and_writes_in_daemon: writes && registrant != (caller.uid, caller.gid),
+            reads_and_writes_in_daemon: writes && registrant != writer,
         })
     }
 }

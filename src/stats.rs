@@ -67,6 +67,9 @@ pub struct Stats {
     pub passthrough_opens: AtomicU64,
     /// CREATE requests for a name that existed in BACKING (the kernel believed it absent).
     pub create_found_existing: AtomicU64,
+    /// Requests answered ESTALE because the kernel had checked permission on attributes
+    /// that changed in BACKING since (`-o idmap`, see [`crate::idmap`]).
+    pub idmap_stale: AtomicU64,
     pub requests: AtomicU64,
     /// Requests by opcode.
     by_op: OpCounters,
@@ -109,6 +112,7 @@ pub struct Snapshot {
     pub write_bytes: u64,
     pub passthrough_opens: u64,
     pub create_found_existing: u64,
+    pub idmap_stale: u64,
     pub requests: u64,
     pub max_in_flight: u64,
     /// Requests by operation, in the order of [`OPERATIONS`].
@@ -172,6 +176,7 @@ impl Stats {
             write_bytes: get(&self.write_bytes),
             passthrough_opens: get(&self.passthrough_opens),
             create_found_existing: get(&self.create_found_existing),
+            idmap_stale: get(&self.idmap_stale),
             requests: get(&self.requests),
             max_in_flight: get(&self.max_in_flight),
             by_op: OPERATIONS
@@ -219,6 +224,7 @@ impl Snapshot {
             ("write.bytes", self.write_bytes),
             ("passthrough.opens", self.passthrough_opens),
             ("create.found_existing", self.create_found_existing),
+            ("idmap.stale", self.idmap_stale),
             ("requests", self.requests),
             ("requests.max_in_flight", self.max_in_flight),
             ("inodes", self.inodes),

@@ -1036,6 +1036,46 @@ pub fn mount_setattr(mount: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io:
     check(ret as libc::c_int).map(drop)
 }
 
+/// Makes `mount` (a descriptor from [`open_tree_clone`], not yet attached) an idmapped
+/// mount with the ids of the user namespace `userns` (`mount_setattr(MOUNT_ATTR_IDMAP)`).
+pub fn mount_setattr_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: as in `mount_setattr`; `userns` is an open descriptor for the call's length.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    check(ret as libc::c_int).map(drop)
+}
+
+/// Attaches the detached mount `mount` at `target` (`move_mount(2)`).
+pub fn move_mount_to(mount: BorrowedFd<'_>, target: &CStr) -> io::Result<()> {
+    // SAFETY: both paths are NUL-terminated and outlive the call; the descriptors are
+    // open for its length.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    check(ret as libc::c_int).map(drop)
+}
+
 /// The file status flags of an open file (`fcntl(F_GETFL)`: access mode and O_* flags).
 pub fn status_flags(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
     // SAFETY: F_GETFL takes no argument and returns an integer.

@@ -47,7 +47,27 @@ fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
     id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
 }
 
+/// Whether only a capable caller may read or change attribute `name`: `trusted.*`
+/// (CAP_SYS_ADMIN) and `security.*` (CAP_SYS_ADMIN, or CAP_SETFCAP for file
+/// capabilities), which the kernel checks for the caller before the request is sent.
+fn is_privileged_name(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b"trusted.") || name.starts_with(b"security.")
+}
+
 impl Fs {
+    /// Acts for `caller` on attribute `name`. The agent (`-o idmap`) lacks the
+    /// capabilities privileged names need; the kernel checked them for the caller, so
+    /// the daemon uses its own. (Listing acts as the agent: `trusted.*` names are not
+    /// listed through an idmap-enabled mount, even for root.)
+    fn act_on_xattr(&self, caller: &Caller, name: &OsStr) -> io::Result<crate::creds::Acting> {
+        if is_privileged_name(name) && self.creds.role(caller) == crate::creds::Role::Agent {
+            self.creds.as_daemon()
+        } else {
+            self.creds.act_as(caller)
+        }
+    }
+
     pub fn getxattr(
         &self,
         id: NodeId,
@@ -59,14 +79,16 @@ impl Fs {
             return sized(self.snapshot().render().into_bytes(), size);
         }
         let fd = self.path_fd_of(id)?;
+        self.check_as_seen(caller, id, &fd)?;
+        let _as = self.act_on_xattr(caller, name)?;
         let name = sys::cstr(name)?;
-        let _as = self.creds.act_as(caller)?;
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
         read_sized(size, |buf| sys::getxattr(&path, &name, buf))
     }
 
     pub fn listxattr(&self, id: NodeId, size: u32, caller: &Caller) -> io::Result<Xattr> {
         let fd = self.path_fd_of(id)?;
+        self.check_as_seen(caller, id, &fd)?;
         let _as = self.creds.act_as(caller)?;
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
         read_sized(size, |buf| sys::listxattr(&path, buf))
@@ -84,7 +106,8 @@ impl Fs {
             return Err(errno(libc::EPERM));
         }
         let fd = self.path_fd_of(id)?;
-        let _as = self.creds.act_as(caller)?;
+        self.check_as_seen(caller, id, &fd)?;
+        let _as = self.act_on_xattr(caller, name)?;
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
         sys::setxattr(&path, &sys::cstr(name)?, value, flags)
     }
@@ -98,10 +121,11 @@ impl Fs {
             return Err(errno(libc::EPERM));
         }
         let fd = self.path_fd_of(id)?;
+        self.check_as_seen(caller, id, &fd)?;
         let _as = if name.as_bytes() == b"security.capability" {
             self.creds.as_daemon()?
         } else {
-            self.creds.act_as(caller)?
+            self.act_on_xattr(caller, name)?
         };
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
         sys::removexattr(&path, &sys::cstr(name)?)

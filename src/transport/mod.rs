@@ -30,6 +30,8 @@ pub struct InitRequest {
     pub uring: bool,
     /// Whether fcntl and flock locks come to the daemon (see [`crate::locks`]).
     pub locks: bool,
+    /// Whether to allow idmapped mounts of this one (FUSE_ALLOW_IDMAP).
+    pub idmap: bool,
 }
 
 /// How the io_uring transport came out of INIT.
@@ -51,9 +53,12 @@ pub struct Negotiated {
     /// setxattr requests carry the 16-byte `fuse_setxattr_in`.
     pub setxattr_ext: bool,
     pub max_write: u32,
+    /// FUSE_ALLOW_IDMAP was accepted.
+    pub idmap: bool,
 }
 
-/// The longest the kernel trusts a directory's attributes (see [`Dispatcher::attr_ttl`]).
+/// The longest the kernel trusts a directory's attributes (see [`Dispatcher::attr_ttl`]),
+/// and with `-o idmap` any name or attribute (see [`Dispatcher::ttl`]).
 const DIRECTORY_ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// The most a request may carry: `/proc/sys/fs/fuse/max_pages_limit` (256 pages).
@@ -133,6 +138,7 @@ impl fuser::Filesystem for Handshake {
         if self.wanted.locks {
             wanted.extend([F::FUSE_POSIX_LOCKS, F::FUSE_FLOCK_LOCKS]);
         }
+        let idmap = self.wanted.idmap && config.add_capabilities(F::FUSE_ALLOW_IDMAP).is_ok();
         for cap in wanted {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks {cap:?}");
@@ -161,6 +167,7 @@ impl fuser::Filesystem for Handshake {
             passthrough,
             setxattr_ext: offered.contains(F::FUSE_SETXATTR_EXT),
             max_write,
+            idmap,
         });
         Ok(())
     }
@@ -240,20 +247,43 @@ impl Dispatcher {
         }
     }
 
-    fn entry_out(&self, entry: &Entry) -> EntryOut {
+    /// How long the kernel may trust a name or attributes. With `-o idmap` the daemon
+    /// acts with rights of its own on the strength of the kernel's permission checks,
+    /// which use what it cached: a change made directly in BACKING (a chmod, a chown, a
+    /// file replaced) must reach those checks within a second.
+    fn ttl(&self) -> Duration {
+        if self.fs.idmap() {
+            self.cache.ttl().min(DIRECTORY_ATTR_TTL)
+        } else {
+            self.cache.ttl()
+        }
+    }
+
+    /// The entry of a name in directory `parent`. With `-o idmap`, a name in a sticky
+    /// directory is trusted for no time (see [`crate::idmap`]).
+    fn entry_out(&self, parent: u64, entry: &Entry) -> EntryOut {
+        self.fs.note_reported(entry.inode.id, &entry.st);
+        let entry_valid = if self.fs.names_need_fresh_lookup(parent) {
+            Duration::ZERO
+        } else {
+            self.ttl()
+        };
         EntryOut {
             nodeid: entry.inode.id,
             generation: 0,
-            entry_valid: self.cache.ttl(),
+            entry_valid,
             attr_valid: self.attr_ttl(entry),
             attr: attr(entry),
         }
     }
 
     fn attr_reply(&self, result: io::Result<Entry>) -> Reply {
-        reply_of(result, |e| Reply::Attr {
-            valid: self.attr_ttl(&e),
-            attr: attr(&e),
+        reply_of(result, |e| {
+            self.fs.note_reported(e.inode.id, &e.st);
+            Reply::Attr {
+                valid: self.attr_ttl(&e),
+                attr: attr(&e),
+            }
         })
     }
 
@@ -263,14 +293,14 @@ impl Dispatcher {
     /// so a `chmod 700` made directly in BACKING must not wait a day to take effect.
     fn attr_ttl(&self, entry: &Entry) -> Duration {
         if entry.st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            self.cache.ttl().min(DIRECTORY_ATTR_TTL)
+            self.ttl().min(DIRECTORY_ATTR_TTL)
         } else {
-            self.cache.ttl()
+            self.ttl()
         }
     }
 
-    fn entry(&self, result: io::Result<Entry>) -> Reply {
-        reply_of(result, |e| Reply::Entry(self.entry_out(&e)))
+    fn entry(&self, parent: u64, result: io::Result<Entry>) -> Reply {
+        reply_of(result, |e| Reply::Entry(self.entry_out(parent, &e)))
     }
 
     /// Open flags for the kernel: whether it may skip FLUSH at close, and (when the
@@ -352,18 +382,16 @@ impl Dispatcher {
         Some(match &req.op {
             Op::Lookup { name } => match fs.lookup(node, name, &caller) {
                 // A negative entry (node id 0): the kernel remembers the name is absent.
-                Err(err)
-                    if err.raw_os_error() == Some(libc::ENOENT) && !self.cache.ttl().is_zero() =>
-                {
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) && !self.ttl().is_zero() => {
                     Reply::Entry(EntryOut {
                         nodeid: 0,
                         generation: 0,
-                        entry_valid: self.cache.ttl(),
+                        entry_valid: self.ttl(),
                         attr_valid: Duration::ZERO,
                         attr: Attr::default(),
                     })
                 }
-                result => self.entry(result),
+                result => self.entry(node, result),
             },
             Op::Forget { nlookup } => {
                 fs.forget(node, *nlookup);
@@ -392,20 +420,23 @@ impl Dispatcher {
                     atime: set_time(v, fattr::ATIME_NOW, fattr::ATIME, s.atime),
                     mtime: set_time(v, fattr::MTIME_NOW, fattr::MTIME, s.mtime),
                     kill_privileges: changes == 0,
+                    kill_suidgid: v & fattr::KILL_SUIDGID != 0,
                 };
                 let fh = (v & fattr::FH != 0).then_some(s.fh);
                 self.attr_reply(fs.setattr(node, fh, change, &caller))
             }
             Op::Readlink => reply_of(fs.readlink(node), Reply::Data),
-            Op::Symlink { name, target } => self.entry(fs.symlink(node, name, target, &caller)),
+            Op::Symlink { name, target } => {
+                self.entry(node, fs.symlink(node, name, target, &caller))
+            }
             Op::Mknod {
                 name,
                 mode,
                 rdev,
                 umask,
-            } => self.entry(fs.mknod(node, name, *mode, *umask, *rdev, &caller)),
+            } => self.entry(node, fs.mknod(node, name, *mode, *umask, *rdev, &caller)),
             Op::Mkdir { name, mode, umask } => {
-                self.entry(fs.mkdir(node, name, *mode, *umask, &caller))
+                self.entry(node, fs.mkdir(node, name, *mode, *umask, &caller))
             }
             Op::Unlink { name } => reply_of(fs.unlink(node, name, &caller), |()| Reply::Empty),
             Op::Rmdir { name } => reply_of(fs.rmdir(node, name, &caller), |()| Reply::Empty),
@@ -419,9 +450,14 @@ impl Dispatcher {
                 |()| Reply::Empty,
             ),
             Op::Link { old_node, new_name } => {
-                self.entry(fs.link(*old_node, node, new_name, &caller))
+                self.entry(node, fs.link(*old_node, node, new_name, &caller))
             }
-            Op::Open { flags, .. } => match fs.open(node, *flags, &caller) {
+            Op::Open { flags, open_flags } => match fs.open(
+                node,
+                *flags,
+                open_flags & wire::OPEN_KILL_SUIDGID != 0,
+                &caller,
+            ) {
                 Ok((fh, handle)) => {
                     let passthrough = self.passthrough.open(fs, &handle, &caller, *flags);
                     Reply::Open(self.open_out(fh, &handle, passthrough.as_ref()))
@@ -436,7 +472,8 @@ impl Dispatcher {
                 write_flags,
             } => {
                 let writer = (write_flags & wire::WRITE_CACHE == 0).then_some(&caller);
-                reply_of(fs.write(*fh, *offset, data, writer), |n| {
+                let kill = write_flags & wire::WRITE_KILL_SUIDGID != 0;
+                reply_of(fs.write(*fh, *offset, data, writer, kill), |n| {
                     Reply::Written(n as u32)
                 })
             }
@@ -486,7 +523,7 @@ impl Dispatcher {
                 offset,
                 size,
                 plus,
-            } => self.readdir(*fh, *offset, *size, *plus),
+            } => self.readdir(node, *fh, *offset, *size, *plus),
             Op::Access { mask } => {
                 reply_of(fs.access(node, *mask as i32, &caller), |()| Reply::Empty)
             }
@@ -500,7 +537,7 @@ impl Dispatcher {
                 Ok((entry, fh, handle)) => {
                     let passthrough = self.passthrough.open(fs, &handle, &caller, *flags);
                     Reply::Create(
-                        self.entry_out(&entry),
+                        self.entry_out(node, &entry),
                         self.open_out(fh, &handle, passthrough.as_ref()),
                     )
                 }
@@ -583,7 +620,7 @@ impl Dispatcher {
         }
     }
 
-    fn readdir(&self, fh: u64, offset: u64, size: u32, plus: bool) -> Reply {
+    fn readdir(&self, dir: u64, fh: u64, offset: u64, size: u32, plus: bool) -> Reply {
         let mut out = DirentBuf::new(size);
         let result = self.fs.readdir(fh, offset, plus, &mut |e: DirEntry<'_>| {
             let kind = e.kind >> 12;
@@ -592,7 +629,7 @@ impl Dispatcher {
                 return out.push(e.ino, e.next_offset, kind, name);
             }
             let entry = match &e.entry {
-                Some(entry) => self.entry_out(entry),
+                Some(entry) => self.entry_out(dir, entry),
                 // `.` and `..`: the kernel neither uses nor counts their attributes.
                 None => EntryOut {
                     nodeid: 0,

@@ -1,0 +1,483 @@
+//! `-o idmap`: a fastfs mount bound through an idmapped mount, as a user-namespaced pod
+//! or container gets its volume, behaves as an idmapped bind of a native directory on
+//! the same filesystem; and the ordinary users of an idmap-enabled mount, whose requests
+//! reach the daemon without their ids, gain nothing over native.
+//!
+//! The idmap is the one a container runtime gives: ids 0-65535 on disk are 100000-165535
+//! to the processes that use the idmapped view.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// First host id of the idmap; disk id `n` is host id `MAP_BASE + n` in the view.
+const MAP_BASE: u32 = 100_000;
+
+/// A user namespace with ids 0-65535 mapped to 100000-165535, held by a sleeping
+/// process; its root is "container root".
+struct UserNs {
+    holder: Child,
+}
+
+impl UserNs {
+    fn new() -> Self {
+        let holder = Command::new("unshare")
+            .args(["--user", "sleep", "3600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare starts");
+        let pid = holder.id();
+        let own = fs::read_link("/proc/self/ns/user").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Wait until unshare has entered its namespace (before that, its maps are ours).
+        while fs::read_link(format!("/proc/{pid}/ns/user")).ok().as_ref() == Some(&own) {
+            assert!(
+                Instant::now() < deadline,
+                "unshare --user did not make a namespace"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let map = format!("0 {MAP_BASE} 65536\n");
+        fs::write(format!("/proc/{pid}/uid_map"), &map).expect("write uid_map");
+        fs::write(format!("/proc/{pid}/gid_map"), &map).expect("write gid_map");
+        UserNs { holder }
+    }
+
+    fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+}
+
+impl Drop for UserNs {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// An idmapped bind of `source` at `target`, unmounted on drop.
+struct IdmappedBind {
+    target: PathBuf,
+}
+
+impl IdmappedBind {
+    fn new(source: &Path, target: &Path, ns: &UserNs) -> Result<Self, String> {
+        fs::create_dir_all(target).unwrap();
+        let cstr = |p: &Path| CString::new(p.as_os_str().as_bytes()).unwrap();
+        let userns = fs::File::open(format!("/proc/{}/ns/user", ns.pid())).unwrap();
+        let tree = fastfs::sys::open_tree_clone(&cstr(source))
+            .map_err(|e| format!("open_tree {}: {e}", source.display()))?;
+        fastfs::sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()).map_err(|e| {
+            format!(
+                "mount_setattr(MOUNT_ATTR_IDMAP) of {}: {e}",
+                source.display()
+            )
+        })?;
+        fastfs::sys::move_mount_to(tree.as_fd(), &cstr(target))
+            .map_err(|e| format!("move_mount to {}: {e}", target.display()))?;
+        Ok(IdmappedBind {
+            target: target.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for IdmappedBind {
+    fn drop(&mut self) {
+        unmount(&self.target);
+    }
+}
+
+/// Who runs a step.
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    /// A plain user with these host ids and no groups.
+    Host(u32),
+    /// Root of the user namespace (host uid 100000, with its namespace's capabilities).
+    NsRoot,
+}
+
+/// Runs `script` in `dir` as `who`; returns what a user would see: the exit status, the
+/// output and the error messages (paths are relative to `dir`, so both views print the
+/// same).
+fn run(who: Who, dir: &Path, ns: &UserNs, script: &str) -> String {
+    let mut command = match who {
+        Who::Host(id) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={id}"),
+                &format!("--regid={id}"),
+                "--clear-groups",
+            ]);
+            c
+        }
+        Who::NsRoot => {
+            let mut c = Command::new("nsenter");
+            c.args(["--user", "--target", &ns.pid().to_string()]);
+            c
+        }
+    };
+    let out = command
+        .args(["sh", "-c", script])
+        .current_dir(dir)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{who:?} `{script}` -> {}\n{}{}",
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The same starting tree in a backing directory: a sticky `pub`, directories and files
+/// of disk users 0 and 1000, a set-gid directory.
+fn populate(backing: &Path) {
+    sh(&format!(
+        "cd {} && mkdir -m 1777 pub && mkdir c1000 sgid && chown 1000:1000 c1000 sgid \
+         && chmod 0755 c1000 && chmod 2775 sgid && echo root > rootfile \
+         && chmod 0644 rootfile && echo s > secret && chown 1000:1000 secret \
+         && chmod 0600 secret && chmod 0755 .",
+        backing.display()
+    ));
+}
+
+/// Every object under `backing`: name, owner, mode and type, as on disk.
+fn tree(backing: &Path) -> String {
+    sh(&format!(
+        "cd {} && find . -mindepth 1 -printf '%P %U:%G %m %y %s\\n' | sort",
+        backing.display()
+    ))
+}
+
+/// Steps a container's users would take in its volume: creating, changing their own
+/// files, and every kind of trying what is not theirs.
+fn container_steps() -> Vec<(Who, &'static str)> {
+    let u1000 = Who::Host(MAP_BASE + 1000);
+    let u2000 = Who::Host(MAP_BASE + 2000);
+    let unmapped = Who::Host(65534);
+    vec![
+        (
+            u1000,
+            "mkdir c1000/d && touch c1000/d/f && ln -s f c1000/d/l && mkfifo c1000/d/p",
+        ),
+        (
+            u1000,
+            "echo hi > c1000/d/w && chmod 0640 c1000/d/f && stat -c '%u:%g %a' c1000/d/f",
+        ),
+        (
+            u1000,
+            "mkdir sgid/s && touch sgid/s/f sgid/f && stat -c '%u:%g %a' sgid/s sgid/f",
+        ),
+        (u2000, "cat secret"),
+        (u2000, "touch c1000/x"),
+        (u2000, "chmod 0777 c1000/d/f"),
+        (u2000, "echo x >> rootfile"),
+        (u1000, "chown 102000 c1000/d/f"),
+        (
+            u1000,
+            "chown 101000:101000 c1000/d/w && stat -c '%u:%g' c1000/d/w",
+        ),
+        (u2000, "touch pub/a2000 && echo data > pub/b2000"),
+        (u1000, "rm -f pub/a2000"),
+        (u1000, "mv pub/b2000 c1000/stolen"),
+        (
+            u1000,
+            "echo mine > pub/a1000 && ln pub/a1000 c1000/link && mv c1000/link c1000/moved",
+        ),
+        (u2000, "ln secret pub/hardlink"),
+        (
+            u1000,
+            "setfattr -n user.k -v 1 c1000/d/f && getfattr -n user.k --only-values c1000/d/f",
+        ),
+        (u2000, "setfattr -n user.k -v 2 c1000/d/f"),
+        (
+            u1000,
+            "touch -d @1000000000 c1000/d/f && stat -c %Y c1000/d/f",
+        ),
+        (u2000, "touch -d @1000000000 c1000/d/w"),
+        (
+            Who::NsRoot,
+            "touch c1000/byroot && mkdir rootdir && cat secret >/dev/null",
+        ),
+        (
+            Who::NsRoot,
+            "chown 1000:1000 rootdir && chmod 4755 c1000/d/w && stat -c '%u:%g %a' rootdir c1000/d/w",
+        ),
+        (Who::NsRoot, "chown 70000 rootdir"),
+        (u1000, "echo more >> c1000/d/w && stat -c %a c1000/d/w"),
+        (Who::NsRoot, "mknod c1000/null c 1 3"),
+        (Who::NsRoot, "rm -f pub/a1000 && rm -rf c1000/d"),
+        (unmapped, "touch pub/unmapped"),
+        (Who::Host(0), "mkdir hostroot"),
+        (
+            Who::Host(0),
+            "cat secret > /dev/null && ls -n c1000 | wc -l",
+        ),
+        (
+            Who::Host(0),
+            "setfattr -n trusted.t -v 1 rootfile && getfattr -n trusted.t --only-values rootfile",
+        ),
+        (
+            u2000,
+            "setfattr -n trusted.t -v 2 rootfile; getfattr -n trusted.t rootfile",
+        ),
+        (
+            Who::Host(0),
+            "setcap cap_net_raw+ep rootfile && getcap rootfile",
+        ),
+        (u1000, "setcap cap_net_raw+ep sgid/f"),
+        (
+            u2000,
+            "getcap rootfile; setfattr -x security.capability rootfile",
+        ),
+        (u1000, "ls -ln . | awk '{print $1, $3, $4, $NF}'"),
+    ]
+}
+
+/// Runs `steps` in both views and in their backing directories; panics at the first
+/// step whose outcome differs, and if the trees differ at the end.
+fn same_as_native(
+    steps: &[(Who, &'static str)],
+    ns: &UserNs,
+    (view, backing): (&Path, &Path),
+    (native_view, native_backing): (&Path, &Path),
+) {
+    for &(who, script) in steps {
+        let through_fastfs = run(who, view, ns, script);
+        let native = run(who, native_view, ns, script);
+        assert_eq!(through_fastfs, native, "a step differs from native");
+        assert_eq!(
+            tree(backing),
+            tree(native_backing),
+            "after {who:?} `{script}`"
+        );
+    }
+}
+
+fn idmap_mount() -> Mounted {
+    let m = Mounted::with_options(&["allow_other", "idmap"]);
+    make_traversable(&m.mnt);
+    m
+}
+
+#[test]
+fn an_idmapped_bind_of_fastfs_behaves_as_one_of_a_native_directory() {
+    let m = idmap_mount();
+    let native = m.native_dir("native");
+    populate(&m.backing);
+    populate(&native);
+    let ns = UserNs::new();
+    let views = tempfile::tempdir_in(test_root()).unwrap();
+    let view = IdmappedBind::new(&m.mnt, &views.path().join("fastfs"), &ns)
+        .unwrap_or_else(|e| panic!("an idmapped bind of fastfs -o idmap is refused: {e}"));
+    let native_view = IdmappedBind::new(&native, &views.path().join("native"), &ns)
+        .unwrap_or_else(|e| panic!("an idmapped bind of a native directory: {e}"));
+    same_as_native(
+        &container_steps(),
+        &ns,
+        (&view.target, &m.backing),
+        (&native_view.target, &native),
+    );
+}
+
+#[test]
+fn without_the_option_an_idmapped_bind_is_refused() {
+    let m = Mounted::with_options(&["allow_other"]);
+    let ns = UserNs::new();
+    let views = tempfile::tempdir_in(test_root()).unwrap();
+    let err = IdmappedBind::new(&m.mnt, &views.path().join("view"), &ns)
+        .err()
+        .expect("an idmapped bind of a mount without -o idmap must be refused");
+    assert!(err.contains("Invalid argument"), "{err}");
+}
+
+/// The mount itself, not idmapped: its users' requests come without their ids, and the
+/// daemon serves them with rights of its own. Every step a hostile user takes must end
+/// as natively.
+#[test]
+fn ordinary_users_of_an_idmap_enabled_mount_gain_nothing() {
+    let m = idmap_mount();
+    let native = m.native_dir("native");
+    for dir in [&m.backing, &native] {
+        populate(dir);
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    make_traversable(&native);
+    let ns = UserNs::new();
+    // The same steps, by host users 1000 and 2000 (no idmap: disk ids are host ids).
+    let steps: Vec<(Who, &'static str)> = container_steps()
+        .into_iter()
+        .filter_map(|(who, script)| match who {
+            Who::Host(id) if id > MAP_BASE => Some((Who::Host(id - MAP_BASE), script)),
+            Who::Host(id) => Some((Who::Host(id), script)),
+            Who::NsRoot => None,
+        })
+        .collect();
+    same_as_native(&steps, &ns, (&m.mnt, &m.backing), (&native, &native));
+}
+
+/// Runs `script` with `$V` the directory users work in and `$B` the backing directory
+/// root changes directly, and `N` running a command as nobody; returns its output.
+fn race_script(view: &Path, backing: &Path, script: &str) -> String {
+    sh(&format!(
+        "set +e +o pipefail; V={} B={}; N() {{ setpriv --reuid=65534 --regid=65534 --clear-groups \"$@\"; }}\n{script}",
+        view.display(),
+        backing.display()
+    ))
+}
+
+/// The kernel checks permission on the owner and mode it cached (for up to a second
+/// with `-o idmap`), and the agent acts on what it checked: a chown or chmod made in
+/// BACKING must count at once, as it does natively.
+#[test]
+fn a_change_made_in_backing_counts_at_once_not_when_the_cache_expires() {
+    let m = idmap_mount();
+    let native = m.native_dir("native");
+    make_traversable(&native);
+    // `w` is writable by all (names in it are trusted for a second), `pub` is sticky
+    // (names in it are looked up at every use).
+    for dir in [&m.backing, &native] {
+        fs::create_dir(dir.join("pub")).unwrap();
+        fs::set_permissions(dir.join("pub"), fs::Permissions::from_mode(0o1777)).unwrap();
+        fs::create_dir(dir.join("w")).unwrap();
+        fs::set_permissions(dir.join("w"), fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    // Each round: nobody makes something its own and looks at it (the kernel caches its
+    // attributes), root takes it over in BACKING, nobody tries at once.
+    let script = r#"
+        for i in 1 2 3 4 5; do
+          N touch $V/w/f$i; N stat -c %u $V/w/f$i >/dev/null
+          chown 0:0 $B/w/f$i
+          N chmod 0666 $V/w/f$i 2>/dev/null; echo "chmod of a file chowned away: $?"
+          N setfattr -n user.k -v 1 $V/w/f$i 2>/dev/null; echo "setfattr on it: $?"
+          N touch -d @1 $V/w/f$i 2>/dev/null; echo "utimes on it: $?"
+
+          N mkdir $V/w/d$i; N touch $V/w/d$i/x; N stat $V/w/d$i/x >/dev/null
+          chown 0:0 $B/w/d$i
+          N rm -f $V/w/d$i/x 2>/dev/null; echo "unlink in a directory chowned away: $?"
+          N touch $V/w/d$i/y 2>/dev/null; echo "create there: $?"
+          N mv $V/w/d$i/x $V/w/moved$i 2>/dev/null; echo "rename out of it: $?"
+
+          echo public > $B/w/r$i; chmod 0644 $B/w/r$i; N cat $V/w/r$i >/dev/null
+          chmod 0600 $B/w/r$i; echo secret > $B/w/r$i
+          N cat $V/w/r$i 2>/dev/null; echo "read of a file made private: $?"
+          N ls $V/w/d$i >/dev/null; chmod 0700 $B/w/d$i
+          N ls $V/w/d$i 2>/dev/null; echo "list of a directory made private: $?"
+
+          N sh -c "echo mine > $V/pub/s$i"; N stat $V/pub/s$i >/dev/null
+          rm $B/pub/s$i; echo root > $B/pub/s$i
+          N rm -f $V/pub/s$i 2>/dev/null; echo "unlink in a sticky directory of root's file put at a name of nobody's: $?"
+        done
+        find $B/pub $B/w | sort | xargs stat -c '%n %u %a %s' | sed "s|$B||"
+    "#;
+    let through_fastfs = race_script(&m.mnt, &m.backing, script);
+    let natively = race_script(&native, &native, script);
+    assert_eq!(through_fastfs, natively);
+    assert!(m.stats()["idmap.stale"] > 0, "{through_fastfs}");
+}
+
+/// A call on a descriptor opened before the change cannot be looked up again: it gets
+/// ESTALE, never the change it is no longer entitled to.
+#[test]
+fn an_fchmod_after_a_chown_in_backing_is_refused() {
+    let m = idmap_mount();
+    fs::create_dir(m.b("pub")).unwrap();
+    fs::set_permissions(m.b("pub"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir(m.b("w")).unwrap();
+    fs::set_permissions(m.b("w"), fs::Permissions::from_mode(0o777)).unwrap();
+    let file = m.m("w/f");
+    let mut nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(
+            "import os, sys\n\
+             fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)\n\
+             os.fstat(fd)\n\
+             print('ready', flush=True)\n\
+             sys.stdin.readline()\n\
+             try:\n    os.fchmod(fd, 0o6777); print('changed')\n\
+             except OSError as e: print(e.strerror)\n",
+        )
+        .arg(&file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(nobody.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    sh(&format!(
+        "chown 0:0 {0} && chmod 0755 {0}",
+        m.b("w/f").display()
+    ));
+    std::io::Write::write_all(nobody.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    nobody.wait().unwrap();
+    assert_eq!(line.trim(), "Stale file handle");
+    assert_eq!(
+        sh(&format!("stat -c '%u %a' {}", m.b("w/f").display())),
+        "0 755\n"
+    );
+}
+
+/// The agent acts as no one the root reserve is kept for (and without CAP_SYS_RESOURCE).
+#[test]
+fn users_of_an_idmap_enabled_mount_meet_the_root_reserve_as_natively() {
+    crate::caller::meets_the_root_reserve_as_natively(&["idmap"]);
+}
+
+/// Container root creates as disk uid 0 through the idmapped view, which is the uid
+/// ext4 keeps its reserve for; natively it is host uid 100000 and meets the reserve.
+#[test]
+fn container_root_meets_the_root_reserve_as_natively() {
+    let small = LoopFs::new("mkfs.ext4 -q -F -m 50 -O ^has_journal", "64M");
+    for dir in ["native", "data"] {
+        fs::create_dir(small.path.join(dir)).unwrap();
+    }
+    let m = Mounted::over(&small.path, &["allow_other", "idmap"]);
+    let ns = UserNs::new();
+    let views = tempfile::tempdir_in(test_root()).unwrap();
+    let view = IdmappedBind::new(&m.m("data"), &views.path().join("fastfs"), &ns).unwrap();
+    let native_view = IdmappedBind::new(
+        &small.path.join("native"),
+        &views.path().join("native"),
+        &ns,
+    )
+    .unwrap();
+    let fill = |dir: &Path| -> u64 {
+        let out = run(
+            Who::NsRoot,
+            dir,
+            &ns,
+            "dd if=/dev/zero of=fill bs=64k 2>&1 >/dev/null | grep -c 'No space'; stat -c '%u %s' fill",
+        );
+        let last = out.lines().last().unwrap().to_string();
+        assert!(out.contains("\n1\n"), "no ENOSPC: {out}");
+        let (owner, size) = last.split_once(' ').unwrap();
+        assert_eq!(owner, "0", "container root's file is disk uid 0's: {out}");
+        size.parse().unwrap()
+    };
+    let natively = fill(&native_view.target);
+    fs::remove_file(small.path.join("native/fill")).unwrap();
+    let through = fill(&view.target);
+    assert!(
+        natively.abs_diff(through) <= 1 << 20,
+        "container root wrote {natively} bytes natively, {through} through fastfs"
+    );
+}
