@@ -101,6 +101,8 @@ enum Who {
     Host(u32),
     /// Root of the user namespace (host uid 100000, with its namespace's capabilities).
     NsRoot,
+    /// A host user kept CAP_MKNOD (as a privileged container's device setup would).
+    WithMknod(u32),
 }
 
 /// Runs `script` in `dir` as `who`; returns what a user would see: the exit status, the
@@ -114,6 +116,17 @@ fn run(who: Who, dir: &Path, ns: &UserNs, script: &str) -> String {
                 &format!("--reuid={id}"),
                 &format!("--regid={id}"),
                 "--clear-groups",
+            ]);
+            c
+        }
+        Who::WithMknod(id) => {
+            let mut c = Command::new("setpriv");
+            c.args([
+                &format!("--reuid={id}"),
+                &format!("--regid={id}"),
+                "--clear-groups",
+                "--inh-caps=+mknod",
+                "--ambient-caps=+mknod",
             ]);
             c
         }
@@ -215,6 +228,11 @@ fn container_steps() -> Vec<(Who, &'static str)> {
         (Who::NsRoot, "chown 70000 rootdir"),
         (u1000, "echo more >> c1000/d/w && stat -c %a c1000/d/w"),
         (Who::NsRoot, "mknod c1000/null c 1 3"),
+        (
+            Who::WithMknod(MAP_BASE + 1000),
+            "mknod c1000/null c 1 3 && mknod c1000/loop b 7 0 && stat -c '%u:%g %t,%T %F' c1000/null c1000/loop",
+        ),
+        (Who::WithMknod(MAP_BASE + 2000), "mknod c1000/null2 c 1 3"),
         (Who::NsRoot, "rm -f pub/a1000 && rm -rf c1000/d"),
         (unmapped, "touch pub/unmapped"),
         (Who::Host(0), "mkdir hostroot"),
@@ -319,6 +337,7 @@ fn ordinary_users_of_an_idmap_enabled_mount_gain_nothing() {
         .filter_map(|(who, script)| match who {
             Who::Host(id) if id > MAP_BASE => Some((Who::Host(id - MAP_BASE), script)),
             Who::Host(id) => Some((Who::Host(id), script)),
+            Who::WithMknod(id) => Some((Who::WithMknod(id.checked_sub(MAP_BASE)?), script)),
             Who::NsRoot => None,
         })
         .collect();
