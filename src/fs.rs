@@ -1130,10 +1130,11 @@ impl Fs {
         kill_suidgid: bool,
     ) -> io::Result<usize> {
         let handle = self.handles.get(fh)?;
-        let _as = self
-            .creds
-            .act_as_writer(writer.unwrap_or(&handle.opener), !kill_suidgid)?;
-        let n = self.allocating(|| sys::pwrite(handle.fd(), data, offset))?;
+        let writer = writer.unwrap_or(&handle.opener);
+        let _as = self.creds.act_as_writer(writer, !kill_suidgid)?;
+        let n = self.dropping_set_id_bits(&handle, writer, || {
+            self.allocating(|| sys::pwrite(handle.fd(), data, offset))
+        })?;
         self.stats.count(&self.stats.write_bytes, n as u64);
         Ok(n)
     }
@@ -1173,7 +1174,30 @@ impl Fs {
     ) -> io::Result<()> {
         let handle = self.handles.get(fh)?;
         let _as = self.creds.act_as_writer(caller, false)?;
-        self.allocating(|| sys::fallocate(handle.fd(), mode, offset, len))
+        self.dropping_set_id_bits(&handle, caller, || {
+            self.allocating(|| sys::fallocate(handle.fd(), mode, offset, len))
+        })
+    }
+
+    /// Runs `write`, a change of the data of `handle`'s file that the agent (`-o idmap`)
+    /// makes for `writer` without CAP_FSETID: the backing filesystem drops set-id bits
+    /// then, which the kernel, having cached the mode, does not know (it asked the
+    /// daemon to drop them itself with an empty SETATTR, which the agent cannot honour:
+    /// anyone's `chown(f, -1, -1)` sends the same). It is told.
+    fn dropping_set_id_bits<T>(
+        &self,
+        handle: &Handle,
+        writer: &Caller,
+        write: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let set_id = libc::S_ISUID | libc::S_ISGID;
+        let had_set_id = self.creds.role(writer) != Role::Caller
+            && sys::fstat(handle.fd()).is_ok_and(|st| st.st_mode & set_id != 0);
+        let result = write();
+        if had_set_id {
+            self.invalidate_attributes(handle.inode.id);
+        }
+        result
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> io::Result<i64> {
@@ -1192,8 +1216,10 @@ impl Fs {
         let src = self.handles.get(fh_in)?;
         let dst = self.handles.get(fh_out)?;
         let _as = self.creds.act_as_writer(caller, false)?;
-        self.allocating(|| {
-            copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
+        self.dropping_set_id_bits(&dst, caller, || {
+            self.allocating(|| {
+                copy::copy_range(&self.stats, src.fd(), offset_in, dst.fd(), offset_out, len)
+            })
         })
     }
 
