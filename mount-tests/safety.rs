@@ -428,7 +428,20 @@ fn requests_blocked_by_one_user_do_not_stall_the_others() {
 /// may hold a quarter of it, so root can still work when that user has taken its all.
 #[test]
 fn one_user_cannot_take_every_descriptor_of_the_daemon() {
-    let m = Mounted::under(&["prlimit", "--nofile=2048:2048"], &["allow_other"]);
+    one_user_cannot_take_every_descriptor(&[]);
+}
+
+/// With `-o idmap` requests carry no uid: each counts against the real uid of the
+/// process that sent it.
+#[test]
+fn one_user_of_an_idmap_enabled_mount_cannot_take_every_descriptor() {
+    one_user_cannot_take_every_descriptor(&["idmap"]);
+}
+
+fn one_user_cannot_take_every_descriptor(options: &[&str]) {
+    let mut opts = vec!["allow_other"];
+    opts.extend_from_slice(options);
+    let m = Mounted::under(&["prlimit", "--nofile=2048:2048"], &opts);
     make_traversable(&m.mnt);
     fs::write(m.b("f"), b"x").unwrap();
     fs::write(m.b("g"), b"root's\n").unwrap();
@@ -450,6 +463,12 @@ fn one_user_cannot_take_every_descriptor_of_the_daemon() {
     assert_eq!(error, "ENFILE", "{report}");
     assert_eq!(held, 512, "a quarter of the daemon's 2048 descriptors");
     assert_eq!(fs::read(m.m("g")).unwrap(), b"root's\n");
+    let other_user = std::process::Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "cat"])
+        .arg(m.m("g"))
+        .output()
+        .unwrap();
+    assert_eq!(other_user.stdout, b"root's\n", "{other_user:?}");
     drop(hoarder.stdin.take());
     hoarder.wait().unwrap();
 }

@@ -143,6 +143,9 @@ pub struct Credentials {
     /// The daemon's user namespace (the inode number of `/proc/self/ns/user`).
     user_ns: Option<u64>,
     cache: Mutex<HashMap<Caller, CachedStatus>>,
+    /// Real uids of requesting threads (for requests without ids), by pid, with when
+    /// they were read.
+    accounts: Mutex<HashMap<u32, (Instant, u32)>>,
     /// Identity changes made by serving threads.
     switches: AtomicU64,
 }
@@ -212,6 +215,7 @@ impl Credentials {
             },
             user_ns: user_namespace("self"),
             cache: Mutex::new(HashMap::new()),
+            accounts: Mutex::new(HashMap::new()),
             switches: AtomicU64::new(0),
         })
     }
@@ -310,10 +314,22 @@ impl Credentials {
         if !caller.is_unknown() || caller.pid == 0 {
             return caller.uid;
         }
-        std::fs::read(format!("/proc/{}/status", caller.pid))
+        let now = Instant::now();
+        if let Some(&(read_at, uid)) = self.accounts.lock().get(&caller.pid)
+            && now.duration_since(read_at) < STATUS_TTL
+        {
+            return uid;
+        }
+        let uid = std::fs::read(format!("/proc/{}/status", caller.pid))
             .ok()
             .and_then(|status| real_uid_from_status(&status))
-            .unwrap_or(u32::MAX)
+            .unwrap_or(u32::MAX);
+        let mut accounts = self.accounts.lock();
+        if accounts.len() >= STATUS_CACHE_LIMIT {
+            accounts.clear();
+        }
+        accounts.insert(caller.pid, (now, uid));
+        uid
     }
 
     /// Makes the calling thread the daemon itself, for calls that need its rights.
