@@ -158,7 +158,8 @@ fn populate(backing: &Path) {
         "cd {} && mkdir -m 1777 pub && mkdir c1000 sgid && chown 1000:1000 c1000 sgid \
          && chmod 0755 c1000 && chmod 2775 sgid && echo root > rootfile \
          && chmod 0644 rootfile && echo s > secret && chown 1000:1000 secret \
-         && chmod 0600 secret && chmod 0755 .",
+         && chmod 0600 secret && echo g > sg && chown 1000:2000 sg && chmod 2775 sg \
+         && chmod 0755 .",
         backing.display()
     ));
 }
@@ -212,6 +213,10 @@ fn container_steps() -> Vec<(Who, &'static str)> {
             "setfattr -n user.k -v 1 c1000/d/f && getfattr -n user.k --only-values c1000/d/f",
         ),
         (u2000, "setfattr -n user.k -v 2 c1000/d/f"),
+        (
+            u1000,
+            "setfacl -m u:2000:r sg && stat -c %a sg && getfacl -cn sg",
+        ),
         (
             u1000,
             "touch -d @1000000000 c1000/d/f && stat -c %Y c1000/d/f",
@@ -389,6 +394,11 @@ fn a_change_made_in_backing_counts_at_once_not_when_the_cache_expires() {
           echo public > $B/w/r$i; chmod 0644 $B/w/r$i; N cat $V/w/r$i >/dev/null
           chmod 0600 $B/w/r$i; echo secret > $B/w/r$i
           N cat $V/w/r$i 2>/dev/null; echo "read of a file made private: $?"
+          echo shared > $B/w/a$i; chmod 0660 $B/w/a$i; setfacl -m u:65534:rw $B/w/a$i
+          N cat $V/w/a$i >/dev/null
+          setfacl -x u:65534 $B/w/a$i; setfacl -m u:2000:rw $B/w/a$i; echo secret > $B/w/a$i
+          N cat $V/w/a$i 2>/dev/null; echo "read after its ACL entry was taken away: $?"
+          N sh -c "echo pwned >> $V/w/a$i" 2>/dev/null; echo "append after that: $?"
           N ls $V/w/d$i >/dev/null; chmod 0700 $B/w/d$i
           N ls $V/w/d$i 2>/dev/null; echo "list of a directory made private: $?"
 
@@ -492,11 +502,141 @@ fn container_root_meets_the_root_reserve_as_natively() {
         assert_eq!(owner, "0", "container root's file is disk uid 0's: {out}");
         size.parse().unwrap()
     };
+    // Directories take a block each: on a filesystem full but for the reserve, as many
+    // as natively (a few, in what the data left over).
+    let mkdirs = |dir: &Path| -> u32 {
+        let out = run(
+            Who::NsRoot,
+            dir,
+            &ns,
+            "n=0; while [ $n -lt 2000 ] && mkdir d$n 2>/dev/null; do n=$((n+1)); done; echo $n",
+        );
+        out.lines().nth(1).unwrap().trim().parse().unwrap()
+    };
     let natively = fill(&native_view.target);
-    fs::remove_file(small.path.join("native/fill")).unwrap();
+    let dirs_natively = mkdirs(&native_view.target);
+    sh(&format!("rm -rf {}/native/*", small.path.display()));
     let through = fill(&view.target);
+    let dirs_through = mkdirs(&view.target);
     assert!(
         natively.abs_diff(through) <= 1 << 20,
         "container root wrote {natively} bytes natively, {through} through fastfs"
     );
+    assert!(
+        dirs_natively < 2000 && dirs_natively.abs_diff(dirs_through) <= 16,
+        "container root made {dirs_natively} directories natively, {dirs_through} through fastfs"
+    );
 }
+
+/// The kernel may never see the attributes of an entry of a directory listing: the
+/// entry may not fit the reply. A listing made to end just before a node whose owner
+/// changed in BACKING must not make the daemon take the new owner as what the kernel
+/// checked against.
+#[test]
+fn an_entry_that_did_not_fit_a_listing_is_not_taken_as_seen() {
+    let m = idmap_mount();
+    sh(&format!(
+        "cd {} && mkdir -m 755 rd && for i in $(seq 100 199); do echo x > rd/f$i; done",
+        m.backing.display()
+    ));
+    // The victim: the 51st entry in the directory's own order, nobody's and private.
+    let victim = sh(&format!(
+        "ls -f {} | grep '^f' | sed -n 51p",
+        m.b("rd").display()
+    ))
+    .trim()
+    .to_string();
+    let victim_b = m.b(&format!("rd/{victim}"));
+    sh(&format!(
+        "echo mine > {0} && chown 65534:65534 {0} && chmod 600 {0}",
+        victim_b.display()
+    ));
+    let mut nobody = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+        ])
+        .arg(LISTING_ATTACK)
+        .arg(m.m("rd"))
+        .arg(&victim)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(nobody.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    sh(&format!(
+        "chown 0:0 {0} && echo 'root secret' > {0}",
+        victim_b.display()
+    ));
+    std::io::Write::write_all(nobody.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    nobody.wait().unwrap();
+    assert!(
+        rest.contains("listed 25 entries"),
+        "the listing did not end before the victim: {rest}"
+    );
+    assert!(rest.contains("read: Permission denied"), "{rest}");
+    assert!(rest.contains("chmod: Operation not permitted"), "{rest}");
+    assert_eq!(
+        sh(&format!("stat -c '%u %a' {}", victim_b.display())),
+        "0 600\n"
+    );
+}
+
+/// Lists `argv[1]` up to `argv[2]`, looks at it (the kernel caches its attributes), then
+/// after "go" on stdin lists again from 26 entries before it with a 4096-byte buffer
+/// (25 entries of READDIRPLUS fit, the victim's does not) and uses the victim at once.
+const LISTING_ATTACK: &str = r#"
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d, victim = sys.argv[1], sys.argv[2]
+def getdents(fd, size):
+    buf = ctypes.create_string_buffer(size)
+    n = libc.syscall(217, fd, buf, size)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    out, p, raw = [], 0, buf.raw[:n]
+    while p < n:
+        _, off, reclen, _ = struct.unpack_from("<QqHB", raw, p)
+        out.append((raw[p + 19:p + reclen].split(b"\0")[0].decode(), off))
+        p += reclen
+    return out
+fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+ents = []
+while True:
+    batch = getdents(fd, 4096)
+    if not batch:
+        break
+    ents += batch
+    if victim in [n for n, _ in batch]:
+        break
+os.close(fd)
+idx = [n for n, _ in ents].index(victim)
+path = os.path.join(d, victim)
+os.stat(path)
+print("ready", flush=True)
+sys.stdin.readline()
+fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+try:
+    os.stat(os.path.join(d, "no-such-name"))
+except OSError:
+    pass
+os.lseek(fd, ents[idx - 26][1], 0)
+print("listed", len(getdents(fd, 4096)), "entries")
+try:
+    print("read:", open(path).read().strip())
+except OSError as e:
+    print("read:", e.strerror)
+try:
+    os.chmod(path, 0o4777)
+    print("chmod: done")
+except OSError as e:
+    print("chmod:", e.strerror)
+"#;

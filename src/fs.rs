@@ -747,9 +747,28 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
+        self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mkdirat(parent_fd.as_fd(), &name, mode)?;
         self.lookup_component(&parent_fd, &name)
+    }
+
+    /// A mapped creator acts as the ids on disk, and disk uid 0 (container root) is the
+    /// uid ext4 keeps its root reserve for; natively it is a host uid that is not. A new
+    /// directory takes a block, so none is made once only the reserve is left (what an
+    /// unprivileged `statfs` calls no blocks available). Other creations take no block
+    /// of their own (a directory that grows for a new name still may).
+    fn refuse_the_reserve_to_a_mapped_creator(
+        &self,
+        caller: &Caller,
+        parent_fd: &OwnedFd,
+    ) -> io::Result<()> {
+        if self.creds.role(caller) == Role::MappedCreator
+            && sys::fstatvfs(parent_fd.as_fd())?.f_bavail == 0
+        {
+            return Err(errno(libc::ENOSPC));
+        }
+        Ok(())
     }
 
     pub fn mknod(
@@ -1566,7 +1585,7 @@ mod tests {
                 .contains("copy_file_range.calls 0")
         );
         assert_eq!(
-            err_of(fs.setxattr(ROOT_ID, os(STATS_XATTR), b"1", 0, ME)),
+            err_of(fs.setxattr(ROOT_ID, os(STATS_XATTR), b"1", 0, false, ME)),
             libc::EPERM
         );
         if let Ok(Xattr::Data(list)) = fs.listxattr(ROOT_ID, 4096, ME) {

@@ -18,7 +18,9 @@
 //! object at that name is still the node it reported, with the owner it reported.
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::ffi::CString;
+use std::hash::BuildHasher;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -30,23 +32,25 @@ use crate::inode::{Key, NodeId, ROOT_ID};
 use crate::sys;
 
 /// What permission checks read of a node: owner, group, type, permission and sticky
-/// bits. Set-id bits are left out: no check reads them, and writes drop them without
-/// the kernel hearing of it.
+/// bits, and the access ACL (as a keyed hash). Set-id bits are left out: no check reads
+/// them, and writes drop them without the kernel hearing of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fingerprint {
     uid: u32,
     gid: u32,
     mode: u32,
+    acl: u64,
 }
 
-impl Fingerprint {
-    fn of(st: &libc::stat) -> Self {
-        Fingerprint {
-            uid: st.st_uid,
-            gid: st.st_gid,
-            mode: st.st_mode & (libc::S_IFMT | libc::S_ISVTX | 0o777),
-        }
-    }
+/// How a reply's attributes reach the kernel's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Always, or the kernel holds nothing for the node (LOOKUP, GETATTR, SETATTR,
+    /// CREATE...: one reply, to one request).
+    Whole,
+    /// Perhaps not: an entry of a READDIRPLUS reply, which may not fit, or be dropped by
+    /// the kernel. Recorded only for a node without a record.
+    IfFirst,
 }
 
 const SHARDS: usize = 16;
@@ -54,12 +58,25 @@ const SHARDS: usize = 16;
 /// The fingerprint last reported to the kernel for each node it holds.
 pub(crate) struct Reported {
     shards: [Mutex<HashMap<NodeId, Fingerprint>>; SHARDS],
+    /// Keys the ACL hash, so that no ACL can be made to hash as another.
+    hasher: RandomState,
 }
 
 impl Reported {
     pub(crate) fn new() -> Self {
         Reported {
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The fingerprint of the object of `fd`, whose `stat` is `st`.
+    fn fingerprint(&self, fd: &OwnedFd, st: &libc::stat) -> Fingerprint {
+        Fingerprint {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & (libc::S_IFMT | libc::S_ISVTX | 0o777),
+            acl: self.hasher.hash_one(access_acl(fd)),
         }
     }
 
@@ -72,16 +89,46 @@ impl Reported {
     }
 }
 
+/// The access ACL of the object of `fd` (`None` without one, or where it cannot be read).
+fn access_acl(fd: &OwnedFd) -> Option<Vec<u8>> {
+    let path = sys::proc_fd_path(fd.as_fd());
+    let name = c"system.posix_acl_access";
+    let mut buf = vec![0u8; 256];
+    loop {
+        match sys::getxattr(&path, name, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Some(buf);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < 1 << 16 => {
+                buf.resize(buf.len() * 16, 0);
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 impl Fs {
-    /// Records the attributes of node `id` a reply is about to give the kernel.
-    pub fn note_reported(&self, id: NodeId, st: &libc::stat) {
-        if let Some(reported) = &self.reported {
-            reported.shard(id).lock().insert(id, Fingerprint::of(st));
+    /// Records the attributes of node `id` (its `stat`, `st`) that a reply is about to
+    /// give the kernel.
+    pub fn note_reported(&self, id: NodeId, st: &libc::stat, applied: Applied) {
+        let Some(reported) = &self.reported else {
+            return;
+        };
+        let Ok(fd) = self.path_fd_of(id) else {
+            return;
+        };
+        let fingerprint = reported.fingerprint(&fd, st);
+        let mut shard = reported.shard(id).lock();
+        if applied == Applied::Whole || !shard.contains_key(&id) {
+            shard.insert(id, fingerprint);
         }
     }
 
-    /// Drops the record of a node the kernel forgot.
-    pub(crate) fn forget_reported(&self, id: NodeId) {
+    /// Drops the record of a node the kernel forgot, or whose reply did not reach it
+    /// (the kernel may hold older attributes: the next check finds no record and makes
+    /// it look again).
+    pub fn forget_reported(&self, id: NodeId) {
         if let Some(reported) = &self.reported {
             reported.shard(id).lock().remove(&id);
         }
@@ -110,7 +157,7 @@ impl Fs {
         if self.creds.role(caller) == Role::Caller {
             return Ok(());
         }
-        let now = Fingerprint::of(&sys::fstat(fd.as_fd())?);
+        let now = reported.fingerprint(fd, &sys::fstat(fd.as_fd())?);
         if reported.get(id) != Some(now) {
             return Err(self.stale(id));
         }
@@ -140,8 +187,12 @@ impl Fs {
             Err(e) => return Err(e),
         };
         let id = self.node_of(parent_fd, name, &st)?;
+        let fingerprint = |id| {
+            let fd = self.path_fd_of(id).ok()?;
+            Some(reported.fingerprint(&fd, &st.st))
+        };
         match id {
-            Some(id) if reported.get(id) == Some(Fingerprint::of(&st.st)) => Ok(()),
+            Some(id) if reported.get(id).is_some() && reported.get(id) == fingerprint(id) => Ok(()),
             Some(id) => Err(self.stale(id)),
             None => Err(self.stale(parent)),
         }

@@ -100,6 +100,7 @@ impl Fs {
         name: &OsStr,
         value: &[u8],
         flags: i32,
+        kill_sgid: bool,
         caller: &Caller,
     ) -> io::Result<()> {
         if is_stats_xattr(id, name) {
@@ -109,7 +110,21 @@ impl Fs {
         self.check_as_seen(caller, id, &fd)?;
         let _as = self.act_on_xattr(caller, name)?;
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
-        sys::setxattr(&path, &sys::cstr(name)?, value, flags)
+        sys::setxattr(&path, &sys::cstr(name)?, value, flags)?;
+        // The agent keeps set-gid (CAP_FSETID); the kernel, knowing the caller, said
+        // whether a native ACL change would drop it.
+        if kill_sgid
+            && name.as_bytes() == b"system.posix_acl_access"
+            && self.creds.role(caller) == crate::creds::Role::Agent
+        {
+            drop(_as);
+            let _daemon = self.creds.as_daemon()?;
+            let mode = sys::fstat(std::os::fd::AsFd::as_fd(&*fd))?.st_mode;
+            if mode & libc::S_ISGID != 0 {
+                sys::chmod(&path, mode & 0o7777 & !libc::S_ISGID)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes attribute `name` as the caller, except `security.capability`: the kernel

@@ -19,6 +19,7 @@ use crate::config::Cache;
 use crate::creds::Caller;
 use crate::fs::{DirEntry, Entry, Fs, SetAttr, SetTime, Xattr};
 use crate::handle::Handle;
+use crate::idmap::Applied;
 use crate::passthrough::{Passthrough, PassthroughOpen};
 use wire::{Attr, DirentBuf, EntryOut, Op, OpenOut, Reply, Request, StatfsOut, fattr, fopen};
 
@@ -262,7 +263,6 @@ impl Dispatcher {
     /// The entry of a name in directory `parent`. With `-o idmap`, a name in a sticky
     /// directory is trusted for no time (see [`crate::idmap`]).
     fn entry_out(&self, parent: u64, entry: &Entry) -> EntryOut {
-        self.fs.note_reported(entry.inode.id, &entry.st);
         let entry_valid = if self.fs.names_need_fresh_lookup(parent) {
             Duration::ZERO
         } else {
@@ -279,8 +279,9 @@ impl Dispatcher {
 
     fn attr_reply(&self, result: io::Result<Entry>) -> Reply {
         reply_of(result, |e| {
-            self.fs.note_reported(e.inode.id, &e.st);
+            self.fs.note_reported(e.inode.id, &e.st, Applied::Whole);
             Reply::Attr {
+                node: e.inode.id,
                 valid: self.attr_ttl(&e),
                 attr: attr(&e),
             }
@@ -300,7 +301,10 @@ impl Dispatcher {
     }
 
     fn entry(&self, parent: u64, result: io::Result<Entry>) -> Reply {
-        reply_of(result, |e| Reply::Entry(self.entry_out(parent, &e)))
+        reply_of(result, |e| {
+            self.fs.note_reported(e.inode.id, &e.st, Applied::Whole);
+            Reply::Entry(self.entry_out(parent, &e))
+        })
     }
 
     /// Open flags for the kernel: whether it may skip FLUSH at close, and (when the
@@ -496,10 +500,17 @@ impl Dispatcher {
                 reply_of(fs.fsync(*fh, *datasync), |()| Reply::Empty)
             }
             Op::Setxattr {
-                name, value, flags, ..
-            } => reply_of(fs.setxattr(node, name, value, *flags, &caller), |()| {
-                Reply::Empty
-            }),
+                name,
+                value,
+                flags,
+                setxattr_flags,
+            } => {
+                let kill_sgid = setxattr_flags & wire::SETXATTR_ACL_KILL_SGID != 0;
+                reply_of(
+                    fs.setxattr(node, name, value, *flags, kill_sgid, &caller),
+                    |()| Reply::Empty,
+                )
+            }
             Op::Getxattr { name, size } => xattr_reply(fs.getxattr(node, name, *size, &caller)),
             Op::Listxattr { size } => xattr_reply(fs.listxattr(node, *size, &caller)),
             Op::Removexattr { name } => {
@@ -536,6 +547,7 @@ impl Dispatcher {
             } => match fs.create(node, name, *mode, *umask, *flags, &caller) {
                 Ok((entry, fh, handle)) => {
                     let passthrough = self.passthrough.open(fs, &handle, &caller, *flags);
+                    fs.note_reported(entry.inode.id, &entry.st, Applied::Whole);
                     Reply::Create(
                         self.entry_out(node, &entry),
                         self.open_out(fh, &handle, passthrough.as_ref()),
@@ -608,11 +620,16 @@ impl Dispatcher {
     /// what it handed to the kernel is taken back.
     pub fn undelivered(&self, reply: &Reply) {
         match reply {
-            Reply::Entry(e) if e.nodeid != 0 => self.fs.forget(e.nodeid, 1),
-            Reply::Create(e, open) => {
-                let _ = self.fs.release(open.fh);
+            Reply::Entry(e) if e.nodeid != 0 => {
+                self.fs.forget_reported(e.nodeid);
                 self.fs.forget(e.nodeid, 1);
             }
+            Reply::Create(e, open) => {
+                let _ = self.fs.release(open.fh);
+                self.fs.forget_reported(e.nodeid);
+                self.fs.forget(e.nodeid, 1);
+            }
+            Reply::Attr { node, .. } => self.fs.forget_reported(*node),
             Reply::Open(open) => {
                 let _ = self.fs.release(open.fh);
             }
@@ -649,7 +666,12 @@ impl Dispatcher {
             } else {
                 entry.attr.ino
             };
-            out.push_plus(&entry, ino, e.next_offset, kind, name)
+            let accepted = out.push_plus(&entry, ino, e.next_offset, kind, name);
+            if accepted && let Some(listed) = &e.entry {
+                self.fs
+                    .note_reported(listed.inode.id, &listed.st, Applied::IfFirst);
+            }
+            accepted
         });
         reply_of(result, |()| out.into_reply())
     }

@@ -100,6 +100,9 @@ pub const WRITE_CACHE: u32 = 1 << 0;
 pub const WRITE_KILL_SUIDGID: u32 = 1 << 2;
 /// `fuse_open_in.open_flags` / `fuse_create_in.open_flags`: drop set-id bits (O_TRUNC).
 pub const OPEN_KILL_SUIDGID: u32 = 1 << 0;
+/// `fuse_setxattr_in.setxattr_flags`: an access ACL is set by a caller outside the
+/// file's group and without CAP_FSETID, so set-gid goes (as `posix_acl_update_mode`).
+pub const SETXATTR_ACL_KILL_SGID: u32 = 1 << 0;
 /// Request extension carrying the caller's supplementary group matching the parent.
 const EXT_GROUPS: u32 = 32;
 /// `fuse_notify_inval_entry_out.flags`: only mark the entry stale.
@@ -902,6 +905,8 @@ pub enum Reply {
     Error(i32),
     Entry(EntryOut),
     Attr {
+        /// The node the attributes are of (not sent).
+        node: u64,
         valid: Duration,
         attr: Attr,
     },
@@ -932,7 +937,7 @@ pub fn encode_reply<'a>(
     match reply {
         Reply::Empty | Reply::Error(_) => {}
         Reply::Entry(entry) => entry.encode(body),
-        Reply::Attr { valid, attr } => {
+        Reply::Attr { valid, attr, .. } => {
             body.extend_from_slice(&valid.as_secs().to_ne_bytes());
             body.extend_from_slice(&valid.subsec_nanos().to_ne_bytes());
             body.extend_from_slice(&0u32.to_ne_bytes());
@@ -1288,6 +1293,7 @@ mod tests {
             (Reply::Create(entry, open), 144),
             (
                 Reply::Attr {
+                    node: 1,
                     valid: Duration::ZERO,
                     attr: Attr::default(),
                 },
