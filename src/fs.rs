@@ -625,7 +625,18 @@ impl Fs {
         let inode = self.inodes.get(id)?;
         let handle = fh.map(|fh| self.handles.get(fh)).transpose()?;
         let fd = self.path_fd(&inode)?;
-        self.check_as_seen(caller, id, &fd)?;
+        // A truncate through an open file (`ftruncate`) needs no permission but the
+        // file's being open for writing.
+        let only_truncates_an_open_file = handle.is_some()
+            && change.size.is_some()
+            && change.mode.is_none()
+            && change.uid.is_none()
+            && change.gid.is_none()
+            && change.atime.is_none()
+            && change.mtime.is_none();
+        if !only_truncates_an_open_file {
+            self.check_as_seen(caller, id, &fd)?;
+        }
         let role = self.creds.role(caller);
         if change.kill_privileges {
             self.kill_privileges(&inode, &fd, caller)?;
@@ -756,8 +767,9 @@ impl Fs {
     /// A mapped creator acts as the ids on disk, and disk uid 0 (container root) is the
     /// uid ext4 keeps its root reserve for; natively it is a host uid that is not. A new
     /// directory takes a block, so none is made once only the reserve is left (what an
-    /// unprivileged `statfs` calls no blocks available). Other creations take no block
-    /// of their own (a directory that grows for a new name still may).
+    /// unprivileged `statfs` calls no blocks available), nor a long symlink. Other
+    /// creations take no block of their own (a directory that grows for a new name still
+    /// may).
     fn refuse_the_reserve_to_a_mapped_creator(
         &self,
         caller: &Caller,
@@ -798,6 +810,11 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
+        // A target this long takes a block of its own on ext4 (shorter ones are kept in
+        // the inode).
+        if target.len() >= 60 {
+            self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
+        }
         let _as = self.creds.act_as(caller)?;
         sys::symlinkat(&sys::cstr(target)?, parent_fd.as_fd(), &name)?;
         self.lookup_component(&parent_fd, &name)
@@ -864,7 +881,7 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
-        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name, false)?;
         let _as = self.creds.act_as(caller)?;
         let before = sys::statx(parent_fd.as_fd(), &name, 0).ok();
         sys::unlinkat(parent_fd.as_fd(), &name, 0)?;
@@ -876,7 +893,7 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         let name = component(name)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
-        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name, false)?;
         let _as = self.creds.act_as(caller)?;
         sys::unlinkat(parent_fd.as_fd(), &name, libc::AT_REMOVEDIR)
     }
@@ -896,8 +913,11 @@ impl Fs {
         let (name, new_name) = (component(name)?, component(new_name)?);
         self.check_as_seen(caller, parent, &parent_fd)?;
         self.check_as_seen(caller, new_parent, &new_parent_fd)?;
-        self.check_entry_as_seen(caller, parent, &parent_fd, &name)?;
-        self.check_entry_as_seen(caller, new_parent, &new_parent_fd, &new_name)?;
+        // A directory moved to another parent is checked for write permission too.
+        let moving = parent != new_parent;
+        self.check_entry_as_seen(caller, parent, &parent_fd, &name, moving)?;
+        let exchanging = moving && flags & libc::RENAME_EXCHANGE != 0;
+        self.check_entry_as_seen(caller, new_parent, &new_parent_fd, &new_name, exchanging)?;
         let _as = self.creds.act_as(caller)?;
         let replaced = if flags & libc::RENAME_EXCHANGE == 0 {
             sys::statx(new_parent_fd.as_fd(), &new_name, 0)

@@ -2,20 +2,35 @@
 //!
 //! With FUSE_ALLOW_IDMAP most requests come without the caller's ids, and the daemon
 //! serves them as the agent (see [`crate::creds`]) on the strength of the kernel's
-//! permission checks (`default_permissions`). Those checks use the owner and mode the
-//! kernel cached, and a process changing BACKING directly can make them stale: a file
-//! chowned to root is still the former owner's to the kernel until it asks again. So the
-//! daemon remembers the owner, group and permission bits it last reported for each node,
-//! and before the agent acts on a node (or in a directory) it compares them with the
-//! backing object as it is now. A difference means the kernel decided on stale
-//! attributes: the daemon tells it so (`NOTIFY_INVAL_INODE`) and answers ESTALE, which
-//! makes the kernel look the path up again and check anew (a call on an open descriptor,
-//! like `fchmod`, returns ESTALE once).
+//! permission checks (`default_permissions`). Those checks use the owner, mode and ACL
+//! the kernel cached, and a process changing BACKING directly can make them stale: a
+//! file chowned to root is still the former owner's to the kernel until it asks again.
+//!
+//! So the daemon keeps, for each node, a record of the owner, group, permission bits and
+//! access ACL the kernel holds, and before the agent acts on a node (or in a directory)
+//! it compares the record with the backing object as it is now. The record must be
+//! what the kernel holds, not merely what it was sent: the kernel drops the attributes
+//! of a LOOKUP, GETATTR or listing reply that races with a local change of the inode (a
+//! write bumps `attr_version`), and a listing entry may not fit its reply. Only two
+//! kinds of reply are always applied: a SETATTR reply (under the inode lock), and any
+//! reply that introduces a node id the kernel has never held (a new inode takes its
+//! attributes whole). So a record is set by those, and by nothing else:
+//!
+//! - A reply for a recorded node that shows other attributes than the record (the object
+//!   changed behind the kernel's back) *retires* the node: the kernel keeps it until it
+//!   forgets it, but every request on it gets ESTALE, and the next lookup of the object
+//!   makes a new node id, which the kernel takes with fresh attributes. ESTALE makes the
+//!   kernel walk the path again with a forced lookup, which meets the new node; a call on
+//!   a descriptor opened before the change (`fchmod`, `fsetxattr`) keeps getting ESTALE.
+//! - A check that finds the backing object different from the record retires the node
+//!   the same way.
+//! - A reply that cannot be delivered retires its node.
 //!
 //! Deleting or renaming in a sticky directory also depends on who owns the entry. The
 //! kernel is told to trust names in a sticky directory for no time at all, so it looks
-//! the entry up (fresh attributes) just before it checks; the daemon then makes sure the
-//! object at that name is still the node it reported, with the owner it reported.
+//! the entry up just before it checks; the daemon then makes sure the object at that
+//! name is a node the kernel holds, with the attributes recorded. The same goes for a
+//! directory moved to another parent (the kernel checks write permission on it).
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -42,15 +57,14 @@ struct Fingerprint {
     acl: u64,
 }
 
-/// How a reply's attributes reach the kernel's cache.
+/// How sure it is that a reply's attributes reach the kernel's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Always, or the kernel holds nothing for the node (LOOKUP, GETATTR, SETATTR,
-    /// CREATE...: one reply, to one request).
-    Whole,
-    /// Perhaps not: an entry of a READDIRPLUS reply, which may not fit, or be dropped by
-    /// the kernel. Recorded only for a node without a record.
-    IfFirst,
+    /// A SETATTR reply: applied under the inode lock, always.
+    Surely,
+    /// Any other reply (LOOKUP, GETATTR, CREATE, a listing entry...): applied if the node
+    /// is new to the kernel, maybe dropped otherwise.
+    IfNew,
 }
 
 const SHARDS: usize = 16;
@@ -110,7 +124,7 @@ fn access_acl(fd: &OwnedFd) -> Option<Vec<u8>> {
 
 impl Fs {
     /// Records the attributes of node `id` (its `stat`, `st`) that a reply is about to
-    /// give the kernel.
+    /// give the kernel (see the module text).
     pub fn note_reported(&self, id: NodeId, st: &libc::stat, applied: Applied) {
         let Some(reported) = &self.reported else {
             return;
@@ -120,17 +134,47 @@ impl Fs {
         };
         let fingerprint = reported.fingerprint(&fd, st);
         let mut shard = reported.shard(id).lock();
-        if applied == Applied::Whole || !shard.contains_key(&id) {
-            shard.insert(id, fingerprint);
+        match shard.get(&id) {
+            Some(known) if *known == fingerprint => {}
+            // The root cannot have another node id: it takes what it is sent.
+            Some(_) if applied == Applied::IfNew && id != ROOT_ID => {
+                drop(shard);
+                self.retire(id);
+            }
+            _ => {
+                shard.insert(id, fingerprint);
+            }
         }
     }
 
-    /// Drops the record of a node the kernel forgot, or whose reply did not reach it
-    /// (the kernel may hold older attributes: the next check finds no record and makes
-    /// it look again).
-    pub fn forget_reported(&self, id: NodeId) {
+    /// Records what an agent's own change of node `id` made of it, where the kernel
+    /// learns the change without a reply that carries attributes (an ACL set: it forgets
+    /// its cached ACL and attributes and asks again).
+    pub(crate) fn note_changed(&self, id: NodeId, fd: &OwnedFd) {
+        let Some(reported) = &self.reported else {
+            return;
+        };
+        if self.inodes.is_retired(id) {
+            return;
+        }
+        if let Ok(st) = sys::fstat(fd.as_fd()) {
+            let fingerprint = reported.fingerprint(fd, &st);
+            reported.shard(id).lock().insert(id, fingerprint);
+        }
+    }
+
+    /// Drops the record of a node the kernel forgot.
+    pub(crate) fn forget_reported(&self, id: NodeId) {
         if let Some(reported) = &self.reported {
             reported.shard(id).lock().remove(&id);
+        }
+    }
+
+    /// A reply about node `id` could not be delivered: what the kernel holds of it is
+    /// unknown from now on.
+    pub fn undelivered_reply(&self, id: NodeId) {
+        if self.reported.is_some() {
+            self.retire(id);
         }
     }
 
@@ -143,8 +187,8 @@ impl Fs {
     }
 
     /// Before the agent (or a mapped creator) acts on node `id` (`fd` its descriptor):
-    /// ESTALE, and the kernel told, if the node's owner or mode is not what the kernel
-    /// was last told.
+    /// ESTALE if the node is retired, or if its owner, mode or ACL is not what the kernel
+    /// holds (the node is retired then).
     pub(crate) fn check_as_seen(
         &self,
         caller: &Caller,
@@ -158,26 +202,30 @@ impl Fs {
             return Ok(());
         }
         let now = reported.fingerprint(fd, &sys::fstat(fd.as_fd())?);
-        if reported.get(id) != Some(now) {
+        if self.inodes.is_retired(id) || reported.get(id) != Some(now) {
             return Err(self.stale(id));
         }
         Ok(())
     }
 
-    /// Before the agent removes or renames `name` in directory `parent` (already checked
-    /// with [`Self::check_as_seen`]): in a sticky directory, ESTALE unless the object
-    /// there is a node the kernel holds, with the owner and mode it was told.
+    /// Before the agent removes, renames or moves `name` in directory `parent` (already
+    /// checked with [`Self::check_as_seen`]): in a sticky directory, or when `moving` it
+    /// to another directory, ESTALE unless the object there is a node the kernel holds,
+    /// with the attributes recorded.
     pub(crate) fn check_entry_as_seen(
         &self,
         caller: &Caller,
         parent: NodeId,
         parent_fd: &OwnedFd,
         name: &CString,
+        moving: bool,
     ) -> io::Result<()> {
         let Some(reported) = &self.reported else {
             return Ok(());
         };
-        if self.creds.role(caller) == Role::Caller || !self.names_need_fresh_lookup(parent) {
+        if self.creds.role(caller) == Role::Caller
+            || !(moving || self.names_need_fresh_lookup(parent))
+        {
             return Ok(());
         }
         let st = match sys::statx(parent_fd.as_fd(), name, 0) {
@@ -186,16 +234,21 @@ impl Fs {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let id = self.node_of(parent_fd, name, &st)?;
-        let fingerprint = |id| {
-            let fd = self.path_fd_of(id).ok()?;
-            Some(reported.fingerprint(&fd, &st.st))
-        };
-        match id {
-            Some(id) if reported.get(id).is_some() && reported.get(id) == fingerprint(id) => Ok(()),
-            Some(id) => Err(self.stale(id)),
-            None => Err(self.stale(parent)),
+        // Only a directory's own permission counts for a move.
+        if !self.names_need_fresh_lookup(parent) && st.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+            return Ok(());
         }
+        let Some(id) = self.node_of(parent_fd, name, &st)? else {
+            // Not a node the kernel holds: its entry for the name is stale.
+            self.stats.count(&self.stats.idmap_stale, 1);
+            return Err(errno(libc::ESTALE));
+        };
+        let fd = self.path_fd_of(id)?;
+        if self.inodes.is_retired(id) || reported.get(id) != Some(reported.fingerprint(&fd, &st.st))
+        {
+            return Err(self.stale(id));
+        }
+        Ok(())
     }
 
     /// The node the kernel holds for the object `st` at `name` in `dir`, if any.
@@ -208,7 +261,9 @@ impl Fs {
         if crate::fs::ident(st) == self.root_ident {
             return Ok(Some(ROOT_ID));
         }
-        if let Some(id) = self.fds.pinned(crate::fs::ident(st)) {
+        if let Some(id) = self.fds.pinned(crate::fs::ident(st))
+            && !self.inodes.is_retired(id)
+        {
             return Ok(Some(id));
         }
         if self.uses_file_handles() && st.mnt_id == self.root_mnt {
@@ -222,10 +277,20 @@ impl Fs {
         }))
     }
 
-    /// The kernel's attributes of `id` are stale: it is told so, and the request gets
-    /// ESTALE.
+    /// Retires node `id` (see the module text).
+    fn retire(&self, id: NodeId) {
+        if self.inodes.retire(id) {
+            self.stats.count(&self.stats.idmap_retired, 1);
+            // Its cached descriptor would lead lookups of the object back to it.
+            self.fds.remove(id);
+        }
+    }
+
+    /// What the kernel holds of `id` is stale or unknown: the node is retired, the kernel
+    /// told, and the request gets ESTALE.
     fn stale(&self, id: NodeId) -> io::Error {
         self.stats.count(&self.stats.idmap_stale, 1);
+        self.retire(id);
         self.invalidate_attributes(id);
         errno(libc::ESTALE)
     }

@@ -33,11 +33,16 @@
 //! resolve it again (FUSE_EXPORT_SUPPORT); a later lookup of the object by name gets the
 //! same node id back.
 //!
+//! A node can be *retired* ([`InodeTable::retire`], `-o idmap` only): it keeps its
+//! lookups and stays in the table until the kernel forgets it, but no lookup returns it
+//! any more, and its object gets a new node id at its next lookup (so one object can
+//! have two node ids for a while). A retired node is not remembered as a ghost.
+//!
 //! # Locking
 //! The table's mutex and the descriptor cache's mutex are never held together, across a
 //! system call, or across a reply; descriptors are closed after the locks are released.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -195,6 +200,9 @@ struct Tables {
     ghosts: HashMap<NodeId, Arc<Inode>>,
     ghost_by_key: HashMap<u64, NodeId>,
     ghost_order: VecDeque<NodeId>,
+    /// Nodes the kernel still holds but no lookup returns any more: their object is
+    /// found under a new node id (see [`InodeTable::retire`]).
+    retired: HashSet<NodeId>,
 }
 
 /// Forgotten inodes remembered for file handles made through the mount (about 150 bytes
@@ -246,6 +254,7 @@ impl InodeTable {
                 ghosts: HashMap::new(),
                 ghost_by_key: HashMap::new(),
                 ghost_order: VecDeque::new(),
+                retired: HashSet::new(),
             }),
             descriptor_released: Condvar::new(),
         })
@@ -298,10 +307,54 @@ impl InodeTable {
         self.find(&self.tables.lock(), key)
     }
 
-    /// Counts one lookup of node `id` if the table holds it.
+    /// Counts one lookup of node `id` if the table holds it (and it is not retired).
     pub fn add_lookup_of(&self, id: NodeId) -> Option<Arc<Inode>> {
         let mut t = self.tables.lock();
-        t.by_id.contains_key(&id).then(|| Self::count(&mut t, id))
+        (t.by_id.contains_key(&id) && !t.retired.contains(&id)).then(|| Self::count(&mut t, id))
+    }
+
+    /// Retires node `id`: the kernel keeps it until it forgets it, but lookups of its
+    /// object from now on make a new node (`-o idmap`: the kernel may hold attributes of
+    /// it that the daemon cannot know; a new node id makes the kernel start afresh).
+    /// Returns whether it was held and not retired yet.
+    pub fn retire(&self, id: NodeId) -> bool {
+        if id == ROOT_ID {
+            return false;
+        }
+        let mut t = self.tables.lock();
+        let Some(slot) = t.by_id.get(&id) else {
+            return false;
+        };
+        let hash = self.hasher.hash_one(slot.inode.key());
+        if !t.retired.insert(id) {
+            return false;
+        }
+        Self::unindex(&mut t, id, hash);
+        true
+    }
+
+    /// Whether node `id` was retired (see [`Self::retire`]).
+    pub fn is_retired(&self, id: NodeId) -> bool {
+        self.tables.lock().retired.contains(&id)
+    }
+
+    /// Takes node `id` out of the key index (it stays in `by_id`).
+    fn unindex(t: &mut Tables, id: NodeId, hash: u64) {
+        if t.by_key.get(&hash) == Some(&id) {
+            t.by_key.remove(&hash);
+            if let Some(others) = t.collided.get_mut(&hash) {
+                let promoted = others.pop().expect("no empty lists are kept");
+                if others.is_empty() {
+                    t.collided.remove(&hash);
+                }
+                t.by_key.insert(hash, promoted);
+            }
+        } else if let Some(others) = t.collided.get_mut(&hash) {
+            others.retain(|other| *other != id);
+            if others.is_empty() {
+                t.collided.remove(&hash);
+            }
+        }
     }
 
     /// Counts one lookup of the object `key` if the table holds it.
@@ -427,25 +480,15 @@ impl InodeTable {
         }
         let slot = t.by_id.remove(&id)?;
         let hash = self.hasher.hash_one(slot.inode.key());
-        if t.by_key.get(&hash) == Some(&id) {
-            t.by_key.remove(&hash);
-            if let Some(others) = t.collided.get_mut(&hash) {
-                let promoted = others.pop().expect("no empty lists are kept");
-                if others.is_empty() {
-                    t.collided.remove(&hash);
-                }
-                t.by_key.insert(hash, promoted);
-            }
-        } else if let Some(others) = t.collided.get_mut(&hash) {
-            others.retain(|other| *other != id);
-            if others.is_empty() {
-                t.collided.remove(&hash);
-            }
+        let retired = t.retired.remove(&id);
+        if !retired {
+            Self::unindex(&mut t, id, hash);
         }
         if t.recency.remove(&id).is_some() {
             self.descriptor_released.notify_all();
         }
-        if matches!(slot.inode.identity, Identity::Handle(_)) {
+        // A retired node is not revived: its object has a node of its own.
+        if !retired && matches!(slot.inode.identity, Identity::Handle(_)) {
             t.ghosts.insert(id, slot.inode.clone());
             t.ghost_by_key.insert(hash, id);
             t.ghost_order.push_back(id);
@@ -780,6 +823,29 @@ mod tests {
         let d = t.remember(by_descriptor(&d_path));
         t.forget(d.id, 1);
         assert!(t.revive(d.id).is_none());
+    }
+
+    #[test]
+    fn a_retired_node_stays_until_forgotten_while_its_object_gets_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a");
+        std::fs::write(&path, b"x").unwrap();
+        let t = table(dir.path());
+        let old = t.remember(by_handle(&path));
+        assert!(t.retire(old.id) && !t.retire(old.id) && !t.retire(ROOT_ID));
+        assert!(t.is_retired(old.id) && t.get(old.id).is_ok());
+        assert!(
+            t.add_lookup_of(old.id).is_none(),
+            "no lookup returns a retired node"
+        );
+        let new = t.remember(by_handle(&path));
+        assert_ne!(new.id, old.id);
+        assert_eq!(t.remember(by_handle(&path)).id, new.id);
+        // Forgetting the retired node leaves the new one alone, and leaves no ghost.
+        assert!(t.forget(old.id, 1).is_some());
+        assert!(!t.is_retired(old.id) && t.revive(old.id).is_none());
+        assert_eq!(t.remember(by_handle(&path)).id, new.id);
+        assert_eq!(t.count_inodes(), (2, 0));
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct Stats {
     /// Requests answered ESTALE because the kernel had checked permission on attributes
     /// that changed in BACKING since (`-o idmap`, see [`crate::idmap`]).
     pub idmap_stale: AtomicU64,
+    /// Nodes given up because the kernel may hold other attributes of them than the
+    /// daemon knows (`-o idmap`).
+    pub idmap_retired: AtomicU64,
     pub requests: AtomicU64,
     /// Requests by opcode.
     by_op: OpCounters,
@@ -113,6 +116,7 @@ pub struct Snapshot {
     pub passthrough_opens: u64,
     pub create_found_existing: u64,
     pub idmap_stale: u64,
+    pub idmap_retired: u64,
     pub requests: u64,
     pub max_in_flight: u64,
     /// Requests by operation, in the order of [`OPERATIONS`].
@@ -177,6 +181,7 @@ impl Stats {
             passthrough_opens: get(&self.passthrough_opens),
             create_found_existing: get(&self.create_found_existing),
             idmap_stale: get(&self.idmap_stale),
+            idmap_retired: get(&self.idmap_retired),
             requests: get(&self.requests),
             max_in_flight: get(&self.max_in_flight),
             by_op: OPERATIONS
@@ -225,6 +230,7 @@ impl Snapshot {
             ("passthrough.opens", self.passthrough_opens),
             ("create.found_existing", self.create_found_existing),
             ("idmap.stale", self.idmap_stale),
+            ("idmap.retired", self.idmap_retired),
             ("requests", self.requests),
             ("requests.max_in_flight", self.max_in_flight),
             ("inodes", self.inodes),

@@ -43,6 +43,12 @@ fn read_sized(size: u32, read: impl FnOnce(&mut [u8]) -> io::Result<usize>) -> i
     Ok(Xattr::Data(buf))
 }
 
+/// Whether `name` is the access ACL, which the kernel checks permission with (and whose
+/// change changes the mode).
+fn is_access_acl(name: &OsStr) -> bool {
+    name.as_bytes() == b"system.posix_acl_access"
+}
+
 fn is_stats_xattr(id: NodeId, name: &OsStr) -> bool {
     id == ROOT_ID && name.as_bytes() == STATS_XATTR.as_bytes()
 }
@@ -113,9 +119,7 @@ impl Fs {
         sys::setxattr(&path, &sys::cstr(name)?, value, flags)?;
         // The agent keeps set-gid (CAP_FSETID); the kernel, knowing the caller, said
         // whether a native ACL change would drop it.
-        if kill_sgid
-            && name.as_bytes() == b"system.posix_acl_access"
-            && self.creds.role(caller) == crate::creds::Role::Agent
+        if kill_sgid && is_access_acl(name) && self.creds.role(caller) == crate::creds::Role::Agent
         {
             drop(_as);
             let _daemon = self.creds.as_daemon()?;
@@ -123,6 +127,9 @@ impl Fs {
             if mode & libc::S_ISGID != 0 {
                 sys::chmod(&path, mode & 0o7777 & !libc::S_ISGID)?;
             }
+        }
+        if is_access_acl(name) {
+            self.note_changed(id, &fd);
         }
         Ok(())
     }
@@ -143,6 +150,10 @@ impl Fs {
             self.act_on_xattr(caller, name)?
         };
         let path = sys::proc_fd_path(std::os::fd::AsFd::as_fd(&*fd));
-        sys::removexattr(&path, &sys::cstr(name)?)
+        sys::removexattr(&path, &sys::cstr(name)?)?;
+        if is_access_acl(name) {
+            self.note_changed(id, &fd);
+        }
+        Ok(())
     }
 }

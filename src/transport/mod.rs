@@ -277,9 +277,10 @@ impl Dispatcher {
         }
     }
 
-    fn attr_reply(&self, result: io::Result<Entry>) -> Reply {
+    /// An ATTR reply; `applied`: whether the kernel surely takes it (SETATTR).
+    fn attr_reply(&self, result: io::Result<Entry>, applied: Applied) -> Reply {
         reply_of(result, |e| {
-            self.fs.note_reported(e.inode.id, &e.st, Applied::Whole);
+            self.fs.note_reported(e.inode.id, &e.st, applied);
             Reply::Attr {
                 node: e.inode.id,
                 valid: self.attr_ttl(&e),
@@ -302,7 +303,7 @@ impl Dispatcher {
 
     fn entry(&self, parent: u64, result: io::Result<Entry>) -> Reply {
         reply_of(result, |e| {
-            self.fs.note_reported(e.inode.id, &e.st, Applied::Whole);
+            self.fs.note_reported(e.inode.id, &e.st, Applied::IfNew);
             Reply::Entry(self.entry_out(parent, &e))
         })
     }
@@ -407,7 +408,7 @@ impl Dispatcher {
                 }
                 return None;
             }
-            Op::Getattr { fh } => self.attr_reply(fs.getattr(node, *fh)),
+            Op::Getattr { fh } => self.attr_reply(fs.getattr(node, *fh), Applied::IfNew),
             Op::Setattr(s) => {
                 let v = s.valid;
                 // Nothing to change but the kernel asking to drop privileges: after a write
@@ -427,7 +428,7 @@ impl Dispatcher {
                     kill_suidgid: v & fattr::KILL_SUIDGID != 0,
                 };
                 let fh = (v & fattr::FH != 0).then_some(s.fh);
-                self.attr_reply(fs.setattr(node, fh, change, &caller))
+                self.attr_reply(fs.setattr(node, fh, change, &caller), Applied::Surely)
             }
             Op::Readlink => reply_of(fs.readlink(node), Reply::Data),
             Op::Symlink { name, target } => {
@@ -547,7 +548,7 @@ impl Dispatcher {
             } => match fs.create(node, name, *mode, *umask, *flags, &caller) {
                 Ok((entry, fh, handle)) => {
                     let passthrough = self.passthrough.open(fs, &handle, &caller, *flags);
-                    fs.note_reported(entry.inode.id, &entry.st, Applied::Whole);
+                    fs.note_reported(entry.inode.id, &entry.st, Applied::IfNew);
                     Reply::Create(
                         self.entry_out(node, &entry),
                         self.open_out(fh, &handle, passthrough.as_ref()),
@@ -621,15 +622,15 @@ impl Dispatcher {
     pub fn undelivered(&self, reply: &Reply) {
         match reply {
             Reply::Entry(e) if e.nodeid != 0 => {
-                self.fs.forget_reported(e.nodeid);
+                self.fs.undelivered_reply(e.nodeid);
                 self.fs.forget(e.nodeid, 1);
             }
             Reply::Create(e, open) => {
                 let _ = self.fs.release(open.fh);
-                self.fs.forget_reported(e.nodeid);
+                self.fs.undelivered_reply(e.nodeid);
                 self.fs.forget(e.nodeid, 1);
             }
-            Reply::Attr { node, .. } => self.fs.forget_reported(*node),
+            Reply::Attr { node, .. } => self.fs.undelivered_reply(*node),
             Reply::Open(open) => {
                 let _ = self.fs.release(open.fh);
             }
@@ -669,7 +670,7 @@ impl Dispatcher {
             let accepted = out.push_plus(&entry, ino, e.next_offset, kind, name);
             if accepted && let Some(listed) = &e.entry {
                 self.fs
-                    .note_reported(listed.inode.id, &listed.st, Applied::IfFirst);
+                    .note_reported(listed.inode.id, &listed.st, Applied::IfNew);
             }
             accepted
         });
