@@ -40,11 +40,14 @@
 //! mount maps it; the others carry uid and gid -1. The kernel has checked permission
 //! (in the idmapped view), so those run as the [`Role::Agent`]: an unprivileged uid
 //! with only the capabilities that let it do what was checked (no CAP_SYS_RESOURCE, so
-//! no root reserve or quota override; no CAP_SYS_ADMIN). A creator whose `/proc` status
-//! does not name the carried ids (it came through an idmapped mount) creates as those
-//! ids with no groups and only CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_MKNOD,
-//! whose checks the kernel made on the parent; it never opens an existing file with
-//! them. Writes for either run with no capability at all (see [`Credentials::act_as_writer`]).
+//! no root reserve or quota override; no CAP_SYS_ADMIN, but for the privileged xattrs
+//! the kernel checked, see `crate::xattr`). A creator whose `/proc` status does not name
+//! the carried ids (it came through an idmapped mount) creates as those ids with no
+//! groups and only CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_MKNOD, whose checks the
+//! kernel made on the parent; it never opens an existing file with them. Writes for
+//! either run with no capability but CAP_FSETID where the kernel did not ask to drop
+//! set-id bits (see [`Credentials::act_as_writer`]). `crate::idmap` keeps all of this
+//! to what the kernel checked against attributes it holds.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
