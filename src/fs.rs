@@ -766,10 +766,10 @@ impl Fs {
 
     /// A mapped creator acts as the ids on disk, and disk uid 0 (container root) is the
     /// uid ext4 keeps its root reserve for; natively it is a host uid that is not. A new
-    /// directory takes a block, so none is made once only the reserve is left (what an
-    /// unprivileged `statfs` calls no blocks available), nor a long symlink. Other
-    /// creations take no block of their own (a directory that grows for a new name still
-    /// may).
+    /// directory, a long symlink and a directory grown for a new name take blocks, so
+    /// nothing is created by a mapped creator once only the reserve is left (what an
+    /// unprivileged `statfs` calls no blocks available). Natively a name that fits the
+    /// directory's blocks could still be made then; here it is ENOSPC.
     fn refuse_the_reserve_to_a_mapped_creator(
         &self,
         caller: &Caller,
@@ -795,6 +795,7 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
+        self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         sys::mknodat(parent_fd.as_fd(), &name, mode, libc::dev_t::from(rdev))?;
         self.lookup_component(&parent_fd, &name)
@@ -810,11 +811,7 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
-        // A target this long takes a block of its own on ext4 (shorter ones are kept in
-        // the inode).
-        if target.len() >= 60 {
-            self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
-        }
+        self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
         let _as = self.creds.act_as(caller)?;
         sys::symlinkat(&sys::cstr(target)?, parent_fd.as_fd(), &name)?;
         self.lookup_component(&parent_fd, &name)
@@ -1056,6 +1053,7 @@ impl Fs {
         let parent_fd = self.path_fd_of(parent)?;
         self.check_as_seen(caller, parent, &parent_fd)?;
         let name = component(name)?;
+        self.refuse_the_reserve_to_a_mapped_creator(caller, &parent_fd)?;
         let _as = self.creds.act_as_creator(caller, umask)?;
         let mut create_flags = (flags & !STRIPPED_OPEN_FLAGS) | libc::O_CREAT | libc::O_EXCL;
         // The creator owns the new file, so O_NOATIME is always allowed on it.

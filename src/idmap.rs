@@ -6,31 +6,35 @@
 //! the kernel cached, and a process changing BACKING directly can make them stale: a
 //! file chowned to root is still the former owner's to the kernel until it asks again.
 //!
-//! So the daemon keeps, for each node, a record of the owner, group, permission bits and
-//! access ACL the kernel holds, and before the agent acts on a node (or in a directory)
-//! it compares the record with the backing object as it is now. The record must be
-//! what the kernel holds, not merely what it was sent: the kernel drops the attributes
-//! of a LOOKUP, GETATTR or listing reply that races with a local change of the inode (a
-//! write bumps `attr_version`), and a listing entry may not fit its reply. Only two
-//! kinds of reply are always applied: a SETATTR reply (under the inode lock), and any
-//! reply that introduces a node id the kernel has never held (a new inode takes its
-//! attributes whole). So a record is set by those, and by nothing else:
+//! So the daemon keeps, for each node, the attributes (owner, group, permission and
+//! sticky bits, a keyed hash of the access ACL) the kernel may hold, and before the
+//! agent acts on a node (or in a directory) it compares them with the backing object as
+//! it is now. "May hold" is a set, not one value: the kernel drops the attributes of a
+//! LOOKUP, GETATTR or listing reply that races with a local change of the inode (a write
+//! bumps `attr_version`; so does another reply), so any such reply sent may or may not
+//! be what the kernel holds. Only a SETATTR reply (applied under the inode lock) and a
+//! reply that introduces a node id the kernel never held are applied for sure; they make
+//! the set that one value.
 //!
-//! - A reply for a recorded node that shows other attributes than the record (the object
-//!   changed behind the kernel's back) *retires* the node: the kernel keeps it until it
-//!   forgets it, but every request on it gets ESTALE, and the next lookup of the object
-//!   makes a new node id, which the kernel takes with fresh attributes. ESTALE makes the
-//!   kernel walk the path again with a forced lookup, which meets the new node; a call on
-//!   a descriptor opened before the change (`fchmod`, `fsetxattr`) keeps getting ESTALE.
-//! - A check that finds the backing object different from the record retires the node
-//!   the same way.
-//! - A reply that cannot be delivered retires its node.
+//! The agent may act if the object now allows at least what every attribute set the
+//! kernel may hold allows ([`Fingerprint::allows_no_more_than`]): same owner, group and
+//! ACL, no permission bit taken away, no sticky bit added. Then whatever the kernel let
+//! through, the backing object as it is lets through natively. A change that only adds
+//! permission (`chmod 755` to `775`) is thus taken in stride. Otherwise (an owner
+//! changed, a permission taken away) the node is *retired*: the kernel keeps it until it
+//! forgets it, but every request on it gets ESTALE, and the next lookup of the object
+//! makes a new node id, which the kernel takes with fresh attributes. ESTALE makes the
+//! kernel walk the path again with a forced lookup, which meets the new node. What the
+//! kernel does not walk again (a working directory, a directory descriptor, the root of
+//! a bind mount, a descriptor opened before) keeps getting ESTALE: failing closed is the
+//! price of a restriction made behind the kernel's back. The mount root cannot get
+//! another node id; it takes what the backing root is now.
 //!
 //! Deleting or renaming in a sticky directory also depends on who owns the entry. The
 //! kernel is told to trust names in a sticky directory for no time at all, so it looks
 //! the entry up just before it checks; the daemon then makes sure the object at that
-//! name is a node the kernel holds, with the attributes recorded. The same goes for a
-//! directory moved to another parent (the kernel checks write permission on it).
+//! name is a node the kernel holds, under the same rule. The same goes for a directory
+//! moved to another parent (the kernel checks write permission on it).
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -57,21 +61,54 @@ struct Fingerprint {
     acl: u64,
 }
 
+impl Fingerprint {
+    /// Whether every check that passes on `self` passes on `now` too, for any caller:
+    /// same owner, group, type and ACL; every permission bit of `self` in `now`; no
+    /// sticky bit in `now` that `self` lacks.
+    fn allows_no_more_than(&self, now: &Fingerprint) -> bool {
+        let type_bits = libc::S_IFMT;
+        self.uid == now.uid
+            && self.gid == now.gid
+            && self.acl == now.acl
+            && self.mode & type_bits == now.mode & type_bits
+            && self.mode & 0o777 & !now.mode == 0
+            && now.mode & libc::S_ISVTX & !self.mode == 0
+    }
+}
+
+/// The attribute sets the kernel may hold of a node, at most this many (more: the node
+/// is treated as changed and retired at its next check).
+const HELD_LIMIT: usize = 8;
+
 /// How sure it is that a reply's attributes reach the kernel's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// A SETATTR reply: applied under the inode lock, always.
     Surely,
     /// Any other reply (LOOKUP, GETATTR, CREATE, a listing entry...): applied if the node
-    /// is new to the kernel, maybe dropped otherwise.
-    IfNew,
+    /// is new to the kernel, maybe dropped otherwise. It carries the [`Fs::reply_epoch`]
+    /// read when its request arrived: a request that arrived before a SETATTR reply was
+    /// recorded was sent before the kernel applied that reply, so whichever of the two
+    /// the kernel applies last, it ends with the SETATTR's attributes, and this reply
+    /// adds nothing it may hold.
+    IfNew(u64),
+}
+
+/// What the kernel may hold of a node.
+#[derive(Default)]
+struct Held {
+    fingerprints: Vec<Fingerprint>,
+    /// The [`Fs::reply_epoch`] of the last SETATTR reply recorded for it.
+    surely_at: u64,
 }
 
 const SHARDS: usize = 16;
 
 /// The fingerprint last reported to the kernel for each node it holds.
 pub(crate) struct Reported {
-    shards: [Mutex<HashMap<NodeId, Fingerprint>>; SHARDS],
+    shards: [Mutex<HashMap<NodeId, Held>>; SHARDS],
+    /// Counts SETATTR replies recorded (see [`Applied::IfNew`]).
+    epoch: std::sync::atomic::AtomicU64,
     /// Keys the ACL hash, so that no ACL can be made to hash as another.
     hasher: RandomState,
 }
@@ -81,6 +118,7 @@ impl Reported {
         Reported {
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -94,12 +132,32 @@ impl Reported {
         }
     }
 
-    fn shard(&self, id: NodeId) -> &Mutex<HashMap<NodeId, Fingerprint>> {
+    fn shard(&self, id: NodeId) -> &Mutex<HashMap<NodeId, Held>> {
         &self.shards[id as usize % SHARDS]
     }
 
-    fn get(&self, id: NodeId) -> Option<Fingerprint> {
-        self.shard(id).lock().get(&id).copied()
+    /// Whether the object, with fingerprint `now`, allows no less than anything the
+    /// kernel may hold of node `id` (false if nothing is known of it).
+    fn covers(&self, id: NodeId, now: &Fingerprint) -> bool {
+        self.shard(id).lock().get(&id).is_some_and(|held| {
+            let held = &held.fingerprints;
+            !held.is_empty()
+                && held.len() <= HELD_LIMIT
+                && held.iter().all(|h| h.allows_no_more_than(now))
+        })
+    }
+
+    /// Makes `fingerprint` the one thing the kernel holds of `id`.
+    fn set(&self, id: NodeId, fingerprint: Fingerprint) {
+        let mut shard = self.shard(id).lock();
+        let surely_at = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        shard.insert(
+            id,
+            Held {
+                fingerprints: vec![fingerprint],
+                surely_at,
+            },
+        );
     }
 }
 
@@ -133,34 +191,38 @@ impl Fs {
             return;
         };
         let fingerprint = reported.fingerprint(&fd, st);
+        let arrived_at = match applied {
+            Applied::Surely => return reported.set(id, fingerprint),
+            Applied::IfNew(epoch) => epoch,
+        };
         let mut shard = reported.shard(id).lock();
-        match shard.get(&id) {
-            Some(known) if *known == fingerprint => {}
-            // The root cannot have another node id: it takes what it is sent.
-            Some(_) if applied == Applied::IfNew && id != ROOT_ID => {
-                drop(shard);
-                self.retire(id);
-            }
-            _ => {
-                shard.insert(id, fingerprint);
-            }
+        let held = shard.entry(id).or_default();
+        if held.surely_at > arrived_at {
+            return;
+        }
+        if !held.fingerprints.contains(&fingerprint) && held.fingerprints.len() <= HELD_LIMIT {
+            held.fingerprints.push(fingerprint);
         }
     }
 
     /// Records what an agent's own change of node `id` made of it, where the kernel
     /// learns the change without a reply that carries attributes (an ACL set: it forgets
-    /// its cached ACL and attributes and asks again).
+    /// its cached ACL and asks again; the mode bits that change with it are the ACL's
+    /// mask, which the kernel then takes from the ACL).
     pub(crate) fn note_changed(&self, id: NodeId, fd: &OwnedFd) {
         let Some(reported) = &self.reported else {
             return;
         };
-        if self.inodes.is_retired(id) {
-            return;
-        }
         if let Ok(st) = sys::fstat(fd.as_fd()) {
-            let fingerprint = reported.fingerprint(fd, &st);
-            reported.shard(id).lock().insert(id, fingerprint);
+            reported.set(id, reported.fingerprint(fd, &st));
         }
+    }
+
+    /// The epoch a request arriving now carries (see [`Applied::IfNew`]).
+    pub fn reply_epoch(&self) -> u64 {
+        self.reported.as_ref().map_or(0, |reported| {
+            reported.epoch.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// Drops the record of a node the kernel forgot.
@@ -170,25 +232,23 @@ impl Fs {
         }
     }
 
-    /// A reply about node `id` could not be delivered: what the kernel holds of it is
-    /// unknown from now on.
-    pub fn undelivered_reply(&self, id: NodeId) {
-        if self.reported.is_some() {
-            self.retire(id);
-        }
-    }
-
     /// Whether names in directory `id` must be looked up again at every use: it is
     /// sticky (or was never reported, and may be).
     pub fn names_need_fresh_lookup(&self, id: NodeId) -> bool {
-        self.reported
-            .as_ref()
-            .is_some_and(|reported| reported.get(id).is_none_or(|f| f.mode & libc::S_ISVTX != 0))
+        self.reported.as_ref().is_some_and(|reported| {
+            reported.shard(id).lock().get(&id).is_none_or(|held| {
+                held.fingerprints.is_empty()
+                    || held
+                        .fingerprints
+                        .iter()
+                        .any(|f| f.mode & libc::S_ISVTX != 0)
+            })
+        })
     }
 
     /// Before the agent (or a mapped creator) acts on node `id` (`fd` its descriptor):
-    /// ESTALE if the node is retired, or if its owner, mode or ACL is not what the kernel
-    /// holds (the node is retired then).
+    /// ESTALE if the node is retired, or if the object allows less than something the
+    /// kernel may hold of it (the node is retired then).
     pub(crate) fn check_as_seen(
         &self,
         caller: &Caller,
@@ -202,7 +262,14 @@ impl Fs {
             return Ok(());
         }
         let now = reported.fingerprint(fd, &sys::fstat(fd.as_fd())?);
-        if self.inodes.is_retired(id) || reported.get(id) != Some(now) {
+        if self.inodes.is_retired(id) {
+            return Err(self.stale(id));
+        }
+        if !reported.covers(id, &now) {
+            if id == ROOT_ID {
+                // Cannot be retired: it is told to look again, and takes the root as it is.
+                reported.set(id, now);
+            }
             return Err(self.stale(id));
         }
         Ok(())
@@ -211,7 +278,7 @@ impl Fs {
     /// Before the agent removes, renames or moves `name` in directory `parent` (already
     /// checked with [`Self::check_as_seen`]): in a sticky directory, or when `moving` it
     /// to another directory, ESTALE unless the object there is a node the kernel holds,
-    /// with the attributes recorded.
+    /// allowing no less than the kernel may hold of it.
     pub(crate) fn check_entry_as_seen(
         &self,
         caller: &Caller,
@@ -244,8 +311,8 @@ impl Fs {
             return Err(errno(libc::ESTALE));
         };
         let fd = self.path_fd_of(id)?;
-        if self.inodes.is_retired(id) || reported.get(id) != Some(reported.fingerprint(&fd, &st.st))
-        {
+        let now = reported.fingerprint(&fd, &st.st);
+        if self.inodes.is_retired(id) || !reported.covers(id, &now) {
             return Err(self.stale(id));
         }
         Ok(())

@@ -282,7 +282,6 @@ impl Dispatcher {
         reply_of(result, |e| {
             self.fs.note_reported(e.inode.id, &e.st, applied);
             Reply::Attr {
-                node: e.inode.id,
                 valid: self.attr_ttl(&e),
                 attr: attr(&e),
             }
@@ -301,9 +300,10 @@ impl Dispatcher {
         }
     }
 
-    fn entry(&self, parent: u64, result: io::Result<Entry>) -> Reply {
+    fn entry(&self, parent: u64, result: io::Result<Entry>, epoch: u64) -> Reply {
         reply_of(result, |e| {
-            self.fs.note_reported(e.inode.id, &e.st, Applied::IfNew);
+            self.fs
+                .note_reported(e.inode.id, &e.st, Applied::IfNew(epoch));
             Reply::Entry(self.entry_out(parent, &e))
         })
     }
@@ -384,6 +384,8 @@ impl Dispatcher {
         };
         let fs = &self.fs;
         let node = h.nodeid;
+        // Read before the request is served (see `Applied::IfNew`).
+        let epoch = fs.reply_epoch();
         Some(match &req.op {
             Op::Lookup { name } => match fs.lookup(node, name, &caller) {
                 // A negative entry (node id 0): the kernel remembers the name is absent.
@@ -396,7 +398,7 @@ impl Dispatcher {
                         attr: Attr::default(),
                     })
                 }
-                result => self.entry(node, result),
+                result => self.entry(node, result, epoch),
             },
             Op::Forget { nlookup } => {
                 fs.forget(node, *nlookup);
@@ -408,7 +410,7 @@ impl Dispatcher {
                 }
                 return None;
             }
-            Op::Getattr { fh } => self.attr_reply(fs.getattr(node, *fh), Applied::IfNew),
+            Op::Getattr { fh } => self.attr_reply(fs.getattr(node, *fh), Applied::IfNew(epoch)),
             Op::Setattr(s) => {
                 let v = s.valid;
                 // Nothing to change but the kernel asking to drop privileges: after a write
@@ -432,16 +434,20 @@ impl Dispatcher {
             }
             Op::Readlink => reply_of(fs.readlink(node), Reply::Data),
             Op::Symlink { name, target } => {
-                self.entry(node, fs.symlink(node, name, target, &caller))
+                self.entry(node, fs.symlink(node, name, target, &caller), epoch)
             }
             Op::Mknod {
                 name,
                 mode,
                 rdev,
                 umask,
-            } => self.entry(node, fs.mknod(node, name, *mode, *umask, *rdev, &caller)),
+            } => self.entry(
+                node,
+                fs.mknod(node, name, *mode, *umask, *rdev, &caller),
+                epoch,
+            ),
             Op::Mkdir { name, mode, umask } => {
-                self.entry(node, fs.mkdir(node, name, *mode, *umask, &caller))
+                self.entry(node, fs.mkdir(node, name, *mode, *umask, &caller), epoch)
             }
             Op::Unlink { name } => reply_of(fs.unlink(node, name, &caller), |()| Reply::Empty),
             Op::Rmdir { name } => reply_of(fs.rmdir(node, name, &caller), |()| Reply::Empty),
@@ -455,7 +461,7 @@ impl Dispatcher {
                 |()| Reply::Empty,
             ),
             Op::Link { old_node, new_name } => {
-                self.entry(node, fs.link(*old_node, node, new_name, &caller))
+                self.entry(node, fs.link(*old_node, node, new_name, &caller), epoch)
             }
             Op::Open { flags, open_flags } => match fs.open(
                 node,
@@ -535,7 +541,7 @@ impl Dispatcher {
                 offset,
                 size,
                 plus,
-            } => self.readdir(node, *fh, *offset, *size, *plus),
+            } => self.readdir(node, *fh, *offset, *size, *plus, epoch),
             Op::Access { mask } => {
                 reply_of(fs.access(node, *mask as i32, &caller), |()| Reply::Empty)
             }
@@ -548,7 +554,7 @@ impl Dispatcher {
             } => match fs.create(node, name, *mode, *umask, *flags, &caller) {
                 Ok((entry, fh, handle)) => {
                     let passthrough = self.passthrough.open(fs, &handle, &caller, *flags);
-                    fs.note_reported(entry.inode.id, &entry.st, Applied::IfNew);
+                    fs.note_reported(entry.inode.id, &entry.st, Applied::IfNew(epoch));
                     Reply::Create(
                         self.entry_out(node, &entry),
                         self.open_out(fh, &handle, passthrough.as_ref()),
@@ -621,16 +627,11 @@ impl Dispatcher {
     /// what it handed to the kernel is taken back.
     pub fn undelivered(&self, reply: &Reply) {
         match reply {
-            Reply::Entry(e) if e.nodeid != 0 => {
-                self.fs.undelivered_reply(e.nodeid);
-                self.fs.forget(e.nodeid, 1);
-            }
+            Reply::Entry(e) if e.nodeid != 0 => self.fs.forget(e.nodeid, 1),
             Reply::Create(e, open) => {
                 let _ = self.fs.release(open.fh);
-                self.fs.undelivered_reply(e.nodeid);
                 self.fs.forget(e.nodeid, 1);
             }
-            Reply::Attr { node, .. } => self.fs.undelivered_reply(*node),
             Reply::Open(open) => {
                 let _ = self.fs.release(open.fh);
             }
@@ -638,7 +639,7 @@ impl Dispatcher {
         }
     }
 
-    fn readdir(&self, dir: u64, fh: u64, offset: u64, size: u32, plus: bool) -> Reply {
+    fn readdir(&self, dir: u64, fh: u64, offset: u64, size: u32, plus: bool, epoch: u64) -> Reply {
         let mut out = DirentBuf::new(size);
         let result = self.fs.readdir(fh, offset, plus, &mut |e: DirEntry<'_>| {
             let kind = e.kind >> 12;
@@ -670,7 +671,7 @@ impl Dispatcher {
             let accepted = out.push_plus(&entry, ino, e.next_offset, kind, name);
             if accepted && let Some(listed) = &e.entry {
                 self.fs
-                    .note_reported(listed.inode.id, &listed.st, Applied::IfNew);
+                    .note_reported(listed.inode.id, &listed.st, Applied::IfNew(epoch));
             }
             accepted
         });

@@ -905,8 +905,6 @@ pub enum Reply {
     Error(i32),
     Entry(EntryOut),
     Attr {
-        /// The node the attributes are of (not sent).
-        node: u64,
         valid: Duration,
         attr: Attr,
     },
@@ -937,7 +935,7 @@ pub fn encode_reply<'a>(
     match reply {
         Reply::Empty | Reply::Error(_) => {}
         Reply::Entry(entry) => entry.encode(body),
-        Reply::Attr { valid, attr, .. } => {
+        Reply::Attr { valid, attr } => {
             body.extend_from_slice(&valid.as_secs().to_ne_bytes());
             body.extend_from_slice(&valid.subsec_nanos().to_ne_bytes());
             body.extend_from_slice(&0u32.to_ne_bytes());
@@ -1293,7 +1291,6 @@ mod tests {
             (Reply::Create(entry, open), 144),
             (
                 Reply::Attr {
-                    node: 1,
                     valid: Duration::ZERO,
                     attr: Attr::default(),
                 },
