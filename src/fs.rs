@@ -179,7 +179,7 @@ pub struct Fs {
     invalidate: std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>,
     pub(crate) locks: Locks,
     atime: Atime,
-    /// With `-o idmap`: what the kernel was told of each node's owner and mode.
+    /// With `-o idmap`: what the kernel may hold of each node (see [`crate::idmap`]).
     pub(crate) reported: Option<crate::idmap::Reported>,
 }
 
