@@ -566,6 +566,7 @@ impl Fs {
     }
 
     pub fn forget(&self, id: NodeId, count: u64) {
+        self.kernel_dropped_an_inode(id);
         if let Some(inode) = self.inodes.forget(id, count) {
             self.fds.remove(id);
             self.forget_reported(id);

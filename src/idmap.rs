@@ -229,6 +229,17 @@ impl Fs {
         })
     }
 
+    /// The kernel dropped an inode of node `id` (FORGET): a reply still on its way may
+    /// build a new one from attributes older than the last SETATTR, so such replies
+    /// count again.
+    pub(crate) fn kernel_dropped_an_inode(&self, id: NodeId) {
+        if let Some(reported) = &self.reported
+            && let Some(held) = reported.shard(id).lock().get_mut(&id)
+        {
+            held.surely_at = 0;
+        }
+    }
+
     /// Drops the record of a node the kernel forgot.
     pub(crate) fn forget_reported(&self, id: NodeId) {
         if let Some(reported) = &self.reported {
