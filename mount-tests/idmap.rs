@@ -110,15 +110,7 @@ enum Who {
 /// same).
 fn run(who: Who, dir: &Path, ns: &UserNs, script: &str) -> String {
     let mut command = match who {
-        Who::Host(id) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                &format!("--reuid={id}"),
-                &format!("--regid={id}"),
-                "--clear-groups",
-            ]);
-            c
-        }
+        Who::Host(id) => as_user(id, "sh"),
         Who::WithMknod(id) => {
             let mut c = Command::new("setpriv");
             c.args([
@@ -127,17 +119,18 @@ fn run(who: Who, dir: &Path, ns: &UserNs, script: &str) -> String {
                 "--clear-groups",
                 "--inh-caps=+mknod",
                 "--ambient-caps=+mknod",
+                "sh",
             ]);
             c
         }
         Who::NsRoot => {
             let mut c = Command::new("nsenter");
-            c.args(["--user", "--target", &ns.pid().to_string()]);
+            c.args(["--user", "--target", &ns.pid().to_string(), "sh"]);
             c
         }
     };
     let out = command
-        .args(["sh", "-c", script])
+        .args(["-c", script])
         .current_dir(dir)
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
@@ -359,6 +352,40 @@ fn race_script(view: &Path, backing: &Path, script: &str) -> String {
     ))
 }
 
+/// `program` run as host user `uid` (and group `uid`, no other groups).
+fn as_user(uid: u32, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+        ])
+        .arg(program);
+    command
+}
+
+/// Starts `command`, which says "ready" once it has set up and then waits for a line on
+/// its stdin; runs `meanwhile` then, lets it go on, and returns the rest of its output.
+fn when_ready(mut command: Command, meanwhile: impl FnOnce()) -> String {
+    use std::io::{BufRead, Read, Write};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{command:?}");
+    meanwhile();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    child.wait().unwrap();
+    rest
+}
+
 /// The kernel checks permission on the owner and mode it cached (for up to a second
 /// with `-o idmap`), and the agent acts on what it checked: a chown or chmod made in
 /// BACKING must count at once, as it does natively.
@@ -427,14 +454,9 @@ fn an_fchmod_after_a_chown_in_backing_is_refused() {
     fs::create_dir(m.b("w")).unwrap();
     fs::set_permissions(m.b("w"), fs::Permissions::from_mode(0o777)).unwrap();
     let file = m.m("w/f");
-    let mut nobody = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
+    let mut nobody = as_user(65534, "/usr/bin/python3");
+    nobody
+        .arg("-c")
         .arg(
             "import os, sys\n\
              fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)\n\
@@ -445,24 +467,14 @@ fn an_fchmod_after_a_chown_in_backing_is_refused() {
              except OSError as e: print(e.strerror)\n\
              os.ftruncate(fd, 1); print('truncated')\n",
         )
-        .arg(&file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(nobody.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    sh(&format!(
-        "chown 0:0 {0} && chmod 0755 {0}",
-        m.b("w/f").display()
-    ));
-    std::io::Write::write_all(nobody.stdin.as_mut().unwrap(), b"go\n").unwrap();
-    line.clear();
-    std::io::Read::read_to_string(&mut out, &mut line).unwrap();
-    nobody.wait().unwrap();
-    assert_eq!(line, "Stale file handle\ntruncated\n");
+        .arg(&file);
+    let rest = when_ready(nobody, || {
+        sh(&format!(
+            "chown 0:0 {0} && chmod 0755 {0}",
+            m.b("w/f").display()
+        ));
+    });
+    assert_eq!(rest, "Stale file handle\ntruncated\n");
     assert_eq!(
         sh(&format!("stat -c '%u %a' {}", m.b("w/f").display())),
         "0 755\n"
@@ -564,33 +576,17 @@ fn an_entry_that_did_not_fit_a_listing_is_not_taken_as_seen() {
         "echo mine > {0} && chown 65534:65534 {0} && chmod 600 {0}",
         victim_b.display()
     ));
-    let mut nobody = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-        ])
-        .arg(LISTING_ATTACK)
+    let mut nobody = as_user(65534, "/usr/bin/python3");
+    nobody
+        .args(["-c", LISTING_ATTACK])
         .arg(m.m("rd"))
-        .arg(&victim)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(nobody.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    sh(&format!(
-        "chown 0:0 {0} && echo 'root secret' > {0}",
-        victim_b.display()
-    ));
-    std::io::Write::write_all(nobody.stdin.as_mut().unwrap(), b"go\n").unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    nobody.wait().unwrap();
+        .arg(&victim);
+    let rest = when_ready(nobody, || {
+        sh(&format!(
+            "chown 0:0 {0} && echo 'root secret' > {0}",
+            victim_b.display()
+        ));
+    });
     assert!(
         rest.contains("listed 25 entries"),
         "the listing did not end before the victim: {rest}"
@@ -728,26 +724,14 @@ fn a_refresh_the_kernel_drops_cannot_be_used_to_keep_an_old_owner() {
             "echo mine > {0} && chown 65534:65534 {0} && chmod 600 {0}",
             file.display()
         ));
-        let mut nobody = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&program)
-            .arg(m.m(&format!("w/f{round}")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(nobody.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert_eq!(line.trim(), "ready");
-        sh(&format!(
-            "chown 0:0 {0} && chmod 600 {0} && echo 'root secret' | dd of={0} conv=notrunc status=none",
-            file.display()
-        ));
-        std::io::Write::write_all(nobody.stdin.as_mut().unwrap(), b"go\n").unwrap();
-        line.clear();
-        std::io::Read::read_to_string(&mut out, &mut line).unwrap();
-        nobody.wait().unwrap();
+        let mut nobody = as_user(65534, &program);
+        nobody.arg(m.m(&format!("w/f{round}")));
+        let line = when_ready(nobody, || {
+            sh(&format!(
+                "chown 0:0 {0} && chmod 600 {0} && echo 'root secret' | dd of={0} conv=notrunc status=none",
+                file.display()
+            ));
+        });
         results.push(format!(
             "{}; backing {}",
             line.trim(),
@@ -833,28 +817,20 @@ fn a_permission_added_in_backing_leaves_working_directories_and_binds_alone() {
     let in_mount = |script: &str| run(Who::Host(1000), &m.m("vol/sub"), &ns, script);
     assert!(in_view("cat f").contains("-> 0"));
     // A shell whose working directory is the directory, across the change.
-    let mut shell = Command::new("setpriv")
-        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c"])
-        .arg("cat f >/dev/null && echo ready && read go && cat f && touch g2 && echo done")
-        .current_dir(m.m("vol/sub"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(shell.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "ready");
-    sh(&format!(
-        "chmod 775 {0}/vol/sub && chmod 664 {0}/vol/sub/f && chmod 777 {0}/vol",
-        m.backing.display()
-    ));
-    std::io::Write::write_all(shell.stdin.as_mut().unwrap(), b"go\n").unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    let status = shell.wait().unwrap();
-    assert!(status.success() && rest.ends_with("done\n"), "{rest}");
+    let mut shell = as_user(1000, "sh");
+    shell
+        .args([
+            "-c",
+            "cat f >/dev/null && echo ready && read go && cat f && touch g2 && echo done",
+        ])
+        .current_dir(m.m("vol/sub"));
+    let rest = when_ready(shell, || {
+        sh(&format!(
+            "chmod 775 {0}/vol/sub && chmod 664 {0}/vol/sub/f && chmod 777 {0}/vol",
+            m.backing.display()
+        ));
+    });
+    assert!(rest.ends_with("done\n"), "{rest}");
     for result in [
         in_view("cat f && touch g && ls"),
         in_mount("cat f && touch h && ls"),
@@ -885,4 +861,46 @@ fn an_owner_toggling_a_mode_through_the_mount_disturbs_no_one() {
     let other = run(Who::Host(2000), &d, &UserNs::new(), "cat f && ls");
     assert!(other.contains("-> 0"), "{other}");
     assert_eq!(m.stats()["idmap.retired"], 0);
+}
+
+/// A creation through an idmapped view runs with CAP_DAC_OVERRIDE (the kernel checked
+/// the parent). When the name turns out to exist (the kernel had cached it as absent,
+/// and it was made in BACKING since), that right must not open the file: the creator
+/// gets what it gets natively.
+#[test]
+fn a_create_through_an_idmapped_view_never_opens_a_file_it_did_not_make() {
+    let m = idmap_mount();
+    let native = m.native_dir("native");
+    let ns = UserNs::new();
+    let views = tempfile::tempdir_in(test_root()).unwrap();
+    for dir in [&m.backing, &native] {
+        fs::create_dir(dir.join("pub")).unwrap();
+        fs::set_permissions(dir.join("pub"), fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let view = IdmappedBind::new(&m.mnt, &views.path().join("fastfs"), &ns).unwrap();
+    let native_view = IdmappedBind::new(&native, &views.path().join("native"), &ns).unwrap();
+    let attempt = |dir: &Path, backing: &Path| -> String {
+        let mut seen = String::new();
+        for who in [Who::Host(MAP_BASE + 1000), Who::NsRoot] {
+            // The name is absent (and cached as absent) ...
+            seen += &run(who, dir, &ns, "cat pub/s");
+            // ... until a user outside the idmap makes a private file there in BACKING.
+            sh(&format!(
+                "printf theirs > {0}/pub/s && chown 70000:70000 {0}/pub/s && chmod 600 {0}/pub/s",
+                backing.display()
+            ));
+            seen += &run(who, dir, &ns, "(: >> pub/s); (: > pub/s); cat pub/s");
+            seen += &sh(&format!("cat {}/pub/s; rm {0}/pub/s", backing.display()));
+        }
+        seen
+    };
+    let through_fastfs = attempt(&view.target, &m.backing);
+    let natively = attempt(&native_view.target, &native);
+    assert_eq!(through_fastfs, natively);
+    assert_eq!(
+        natively.matches("Permission denied").count(),
+        6,
+        "{natively}"
+    );
+    assert_eq!(natively.matches("theirs").count(), 2, "{natively}");
 }

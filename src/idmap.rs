@@ -305,9 +305,8 @@ impl Fs {
         let Some(reported) = &self.reported else {
             return Ok(());
         };
-        if self.creds.role(caller) == Role::Caller
-            || !(moving || self.names_need_fresh_lookup(parent))
-        {
+        let sticky = self.names_need_fresh_lookup(parent);
+        if self.creds.role(caller) == Role::Caller || !(moving || sticky) {
             return Ok(());
         }
         let st = match sys::statx(parent_fd.as_fd(), name, 0) {
@@ -317,7 +316,7 @@ impl Fs {
             Err(e) => return Err(e),
         };
         // Only a directory's own permission counts for a move.
-        if !self.names_need_fresh_lookup(parent) && st.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        if !sticky && st.st.st_mode & libc::S_IFMT != libc::S_IFDIR {
             return Ok(());
         }
         let Some(id) = self.node_of(parent_fd, name, &st)? else {

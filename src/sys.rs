@@ -1015,37 +1015,29 @@ pub fn open_tree_clone(path: &CStr) -> io::Result<OwnedFd> {
 /// Safe wrapper for `mount_setattr(2)` on the whole tree of `mount` (a descriptor from
 /// [`open_tree_clone`]): sets `attr_set` after clearing `attr_clr` (`MOUNT_ATTR_*`).
 pub fn mount_setattr(mount: BorrowedFd<'_>, attr_set: u64, attr_clr: u64) -> io::Result<()> {
-    let attr = libc::mount_attr {
-        attr_set,
-        attr_clr,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: the path is an empty NUL-terminated literal, `attr` is a valid mount_attr
-    // whose size is passed, and both outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            mount.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    check(ret as libc::c_int).map(drop)
+    set_mount_attr(mount, attr_set, attr_clr, None)
 }
 
 /// Makes `mount` (a descriptor from [`open_tree_clone`], not yet attached) an idmapped
 /// mount with the ids of the user namespace `userns` (`mount_setattr(MOUNT_ATTR_IDMAP)`).
 pub fn mount_setattr_idmap(mount: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> io::Result<()> {
+    set_mount_attr(mount, libc::MOUNT_ATTR_IDMAP, 0, Some(userns))
+}
+
+fn set_mount_attr(
+    mount: BorrowedFd<'_>,
+    attr_set: u64,
+    attr_clr: u64,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
+        attr_set,
+        attr_clr,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
-    // SAFETY: as in `mount_setattr`; `userns` is an open descriptor for the call's length.
+    // SAFETY: the path is an empty NUL-terminated literal, `attr` is a valid mount_attr
+    // whose size is passed, and both (and `userns`, if any) outlive the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
